@@ -1,0 +1,1 @@
+"""pivotal-sync: mirror CRM change events from Kafka into the Pivotal API."""

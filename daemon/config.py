@@ -1,0 +1,163 @@
+"""Settings: parsed once from the environment into a frozen object.
+
+The variable names are a public contract (the Helm chart, the docs and external tooling use them).
+A bad value stops start-up with a `ConfigError` naming the variable; the API key is a `SecretStr`,
+so it never shows in a `repr`, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from daemon.errors import ConfigError
+
+ENV_PREFIX = "PIVOTAL_SYNC_"
+API_KEY_VARIABLE = "PIVOTAL_API_KEY"
+API_KEY_FILE_VARIABLE = "PIVOTAL_API_KEY_FILE"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # JSON when stderr is not a terminal, readable console otherwise
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class SlugConflictPolicy(StrEnum):
+    ADOPT = "adopt"  # 409 slug_taken on create: find the customer by slug, store its id, PATCH
+    DEAD_LETTER = "dead_letter"  # park the event instead
+
+
+class Settings(BaseSettings):
+    """Everything `pivotal-sync` reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="ignore",
+        case_sensitive=True,
+        hide_input_in_errors=True,
+        populate_by_name=True,
+    )
+
+    # The key, from PIVOTAL_API_KEY (the name Pivotal's docs use) or read from PIVOTAL_API_KEY_FILE.
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices(API_KEY_VARIABLE)
+    )
+    api_key_file: Path | None = Field(
+        default=None, validation_alias=AliasChoices(API_KEY_FILE_VARIABLE)
+    )
+    api_url: str = "https://my.pivotal.app/api/v1"
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_topic: str = "crm.customers"
+    kafka_group_id: str = "pivotal-sync"
+    # Optional topic that receives a copy of every dead-lettered record (Postgres always does).
+    kafka_dead_letter_topic: str | None = None
+    database_url: str | None = None
+    http_port: int = Field(default=9000, ge=0, le=65535)
+    # The limiter's first guess; it learns the real limit from Pivotal's headers.
+    rate_limit_per_minute: float = Field(default=60.0, gt=0)
+    # Upper bound on requests in flight; the limiter adapts below it with latency.
+    max_in_flight: int = Field(default=16, ge=1, le=1024)
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+    # SIGTERM: finish in-flight work for at most this long. Keep it below Kubernetes'
+    # terminationGracePeriodSeconds (the chart does).
+    drain_timeout_seconds: float = Field(default=20.0, ge=0)
+    # A contact or onboarding whose customer has no Pivotal id after this long: parent_missing.
+    parent_timeout_seconds: float = Field(default=300.0, gt=0)
+    # Events held in memory before fetching pauses (bounded memory under any backlog).
+    max_pending_events: int = Field(default=5000, ge=10)
+    # While the key is refused (401), probe GET /me this often instead of sending work.
+    auth_probe_interval_seconds: float = Field(default=15.0, gt=0)
+    checkpoint_flush_interval_seconds: float = Field(default=0.05, gt=0)
+    checkpoint_batch_size: int = Field(default=500, ge=1)
+    slug_conflict: SlugConflictPolicy = SlugConflictPolicy.ADOPT
+    # metadata.source on every record the daemon creates.
+    record_source: str = "pivotal-sync"
+    dry_run: bool = False
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: str = "info"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return value.lower()
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _libpq_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a libpq URL: postgresql://user@host:5432/db")
+        return value
+
+    def require_api_key(self) -> SecretStr:
+        """The key, or a ConfigError naming both ways to give it."""
+        if self.api_key is not None and self.api_key.get_secret_value():
+            return self.api_key
+        raise ConfigError(
+            API_KEY_VARIABLE, f"not set (set it, or {API_KEY_FILE_VARIABLE} to a file holding it)"
+        )
+
+    def require_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        raise ConfigError(f"{ENV_PREFIX}DATABASE_URL", "not set")
+
+
+def _variable_for(field: str) -> str:
+    if field == "api_key":
+        return API_KEY_VARIABLE
+    if field == "api_key_file":
+        return API_KEY_FILE_VARIABLE
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse settings from `environ` (default: the process environment).
+
+    Raises ConfigError naming the first bad variable; the message never echoes the value.
+    """
+    env = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    for name, value in env.items():
+        if name in (API_KEY_VARIABLE, API_KEY_FILE_VARIABLE) or name.startswith(ENV_PREFIX):
+            data[name] = value
+    key_file = env.get(API_KEY_FILE_VARIABLE)
+    if key_file and not env.get(API_KEY_VARIABLE):
+        try:
+            data[API_KEY_VARIABLE] = Path(key_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(API_KEY_FILE_VARIABLE, f"cannot read: {exc.strerror}") from None
+    try:
+        # Only what we pass is read: pydantic-settings would otherwise consult os.environ too.
+        return Settings.model_validate(
+            {_field_for(name): value for name, value in data.items() if _field_for(name)}
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise ConfigError(_variable_for(field), first["msg"]) from None
+
+
+def _field_for(variable: str) -> str:
+    if variable == API_KEY_VARIABLE:
+        return "api_key"
+    if variable == API_KEY_FILE_VARIABLE:
+        return "api_key_file"
+    name = variable.removeprefix(ENV_PREFIX).lower()
+    return name if name in Settings.model_fields else ""
