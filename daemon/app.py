@@ -1,0 +1,340 @@
+"""Composition root: opens every room, runs them together, owns the shutdown order.
+
+Start-up: HTTP first (so /livez answers while dependencies are awaited), then Postgres
+(migrations under an advisory lock), then Kafka; an unreachable dependency is retried with
+backoff and logged, never a crash loop. Shutdown (SIGTERM/SIGINT) is the reverse, in the order
+that loses nothing: stop fetching → let running work finish (bounded by the drain timeout) →
+flush checkpoints → commit offsets → close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import asyncpg
+import structlog
+
+from daemon import logs
+from daemon.checkpoints import CheckpointStore
+from daemon.config import Settings, SlugConflictPolicy, load_settings
+from daemon.dispatcher import Api, Dispatcher, Pacer
+from daemon.dryrun import DryRunApi, UnlimitedPacer
+from daemon.entities import EntityCache
+from daemon.intake import Intake
+from daemon.metrics import Metrics
+from daemon.pivotal import PivotalClient
+from daemon.progress import Progress
+from daemon.ratelimit import RateLimiter
+from daemon.recorder import Recorder, backoff_seconds
+from daemon.scheduler import Scheduler
+from daemon.server import create_app, serve
+from daemon.source import Partitions, Source
+
+DB_CHECK_INTERVAL_SECONDS = 5.0
+FINAL_FLUSH_TIMEOUT_SECONDS = 10.0
+CONNECT_RETRY_BASE_SECONDS = 0.5
+CONNECT_RETRY_CAP_SECONDS = 30.0
+
+log = structlog.get_logger("pivotal_sync.app")
+
+
+def _configure(settings: Settings) -> None:
+    logs.configure(settings.log_format, settings.log_level)
+    if settings.api_key is not None:
+        logs.register_secret(settings.api_key.get_secret_value())
+
+
+def main(*, dry_run: bool | None = None) -> int:
+    settings = load_settings()
+    if dry_run:
+        settings = settings.model_copy(update={"dry_run": True})
+    settings.require_api_key()
+    settings.require_database_url()
+    _configure(settings)
+    return _run_loop(Daemon(settings).run())
+
+
+def migrate_main() -> int:
+    settings = load_settings()
+    dsn = settings.require_database_url()
+    _configure(settings)
+
+    async def migrate() -> int:
+        async with await CheckpointStore.connect(dsn) as store:
+            applied = await store.migrate()
+        log.info("migrations_applied", applied=applied or "none pending")
+        return 0
+
+    return _run_loop(migrate())
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up, installed with uvicorn[standard]
+    except ImportError:
+        return asyncio.run(main)
+    return asyncio.run(main, loop_factory=uvloop.new_event_loop)
+
+
+class Daemon:
+    """One `pivotal-sync run` process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.stop = asyncio.Event()
+        self.store: CheckpointStore | None = None
+        self.source: Source | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.database_ok = False
+        self.starting = True
+
+    # -- readiness -------------------------------------------------------------------------
+    def not_ready_reasons(self) -> list[str]:
+        reasons = []
+        if self.starting:
+            reasons.append("starting")
+        if not self.database_ok:
+            reasons.append("postgres unreachable")
+        if self.source is None or not self.source.connected:
+            reasons.append("kafka not connected")
+        if self.dispatcher is not None and self.dispatcher.auth_paused:
+            reasons.append("paused: Pivotal refused the API key (401)")
+        if self.stop.is_set():
+            reasons.append("shutting down")
+        return reasons
+
+    # -- run -------------------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, sig)
+        http = asyncio.create_task(
+            serve(
+                create_app(self.metrics, self.not_ready_reasons), self.settings.http_port, self.stop
+            )
+        )
+        try:
+            return await self._run()
+        finally:
+            self.stop.set()
+            await http
+
+    def _request_stop(self, sig: signal.Signals) -> None:
+        if not self.stop.is_set():
+            log.info("shutdown_requested", signal=sig.name)
+        self.stop.set()
+
+    async def _run(self) -> int:
+        store = await self._connect_store()
+        if store is None:
+            return 0
+        self.store = store
+        try:
+            await store.migrate()
+            return await self._pipeline(store)
+        finally:
+            await store.close()
+
+    async def _connect_store(self) -> CheckpointStore | None:
+        attempt, rng = 0, random.Random()
+        dsn = self.settings.require_database_url()
+        while not self.stop.is_set():
+            try:
+                store = await CheckpointStore.connect(dsn, metrics=self.metrics)
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                attempt += 1
+                delay = backoff_seconds(
+                    attempt, rng, CONNECT_RETRY_BASE_SECONDS, CONNECT_RETRY_CAP_SECONDS
+                )
+                log.warning(
+                    "postgres_unreachable",
+                    error=type(exc).__name__,
+                    retry_in_seconds=round(delay, 2),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), delay)
+                continue
+            self.database_ok = True
+            return store
+        return None
+
+    async def _pipeline(self, store: CheckpointStore) -> int:
+        s = self.settings
+        metrics = self.metrics
+        api: Api
+        pacer: Pacer
+        client: PivotalClient | None = None
+        limiter: RateLimiter | None = None
+        if s.dry_run:
+            api, pacer = DryRunApi(), UnlimitedPacer()
+            log.warning(
+                "dry_run",
+                detail="requests are planned and logged, none is sent, nothing is committed",
+            )
+        else:
+            client = PivotalClient(
+                base_url=s.api_url,
+                api_key=s.require_api_key(),
+                timeout_seconds=s.request_timeout_seconds,
+                max_connections=s.max_in_flight,
+            )
+            limiter = RateLimiter(
+                initial_rate_per_minute=s.rate_limit_per_minute,
+                max_in_flight=s.max_in_flight,
+                metrics=metrics,
+            )
+            api, pacer = client, limiter
+        progress = Progress()
+        scheduler = Scheduler()
+        entities = EntityCache()
+        recorder = Recorder(
+            store=None if s.dry_run else store,
+            progress=progress,
+            metrics=metrics,
+            flush_interval_seconds=s.checkpoint_flush_interval_seconds,
+            batch_size=s.checkpoint_batch_size,
+        )
+        dispatcher = Dispatcher(
+            api=api,
+            pacer=pacer,
+            scheduler=scheduler,
+            entities=entities,
+            recorder=recorder,
+            intents=None if s.dry_run else store,
+            metrics=metrics,
+            workers=s.max_in_flight,
+            record_source=s.record_source,
+            adopt_slug_conflicts=s.slug_conflict is SlugConflictPolicy.ADOPT,
+            parent_timeout_seconds=s.parent_timeout_seconds,
+            auth_probe_interval_seconds=s.auth_probe_interval_seconds,
+        )
+        self.dispatcher = dispatcher
+        intake = Intake(
+            store=store,
+            entities=entities,
+            dispatcher=dispatcher,
+            recorder=recorder,
+            progress=progress,
+            metrics=metrics,
+        )
+        recorder.on_durable = intake.forget
+        rebalance = _Rebalance(dispatcher, recorder, scheduler, intake, s.drain_timeout_seconds)
+        source = Source(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            topic=s.kafka_topic,
+            group_id=s.kafka_group_id,
+            progress=progress,
+            metrics=metrics,
+            handler=intake.admit,
+            hooks=rebalance,
+            pending=lambda: scheduler.pending_events,
+            max_pending=s.max_pending_events,
+            seconds_to_send=limiter.seconds_to_send if limiter else (lambda n: 0.0),
+            commit_enabled=not s.dry_run,
+        )
+        self.source = source
+        try:
+            if not await source.start(self.stop):
+                return 0
+            self.starting = False
+            return await self._supervise(source, dispatcher, recorder, store)
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    async def _supervise(
+        self, source: Source, dispatcher: Dispatcher, recorder: Recorder, store: CheckpointStore
+    ) -> int:
+        s = self.settings
+        recorder_stop = asyncio.Event()
+        fetching = asyncio.create_task(source.run(self.stop), name="source")
+        working = asyncio.create_task(
+            dispatcher.run(self.stop, s.drain_timeout_seconds), name="dispatcher"
+        )
+        recording = asyncio.create_task(recorder.run(recorder_stop), name="recorder")
+        checking = asyncio.create_task(self._check_database(store), name="db-check")
+        stopper = asyncio.create_task(self.stop.wait())
+        done, _ = await asyncio.wait(
+            [fetching, working, recording, stopper], return_when=asyncio.FIRST_COMPLETED
+        )
+        code = 0
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception() is not None:
+                log.error("component_failed", component=task.get_name(), exc_info=task.exception())
+                code = 1
+        self.stop.set()
+        # The order that loses nothing: no new records → running work ends → outcomes durable
+        # → offsets committed.
+        await asyncio.gather(fetching, working, return_exceptions=True)
+        recorder_stop.set()
+        try:
+            await asyncio.wait_for(recording, FINAL_FLUSH_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.error("final_checkpoint_flush_timed_out", unflushed=recorder.backlog)
+            code = 1
+        except Exception:
+            code = 1
+        checking.cancel()
+        await source.close()
+        log.info("stopped", exit_code=code)
+        return code
+
+    async def _check_database(self, store: CheckpointStore) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(store.ping(), DB_CHECK_INTERVAL_SECONDS)
+                if not self.database_ok:
+                    log.info("postgres_reachable")
+                self.database_ok = True
+            except Exception as exc:
+                if self.database_ok:
+                    log.warning("postgres_unreachable", error=type(exc).__name__)
+                self.database_ok = False
+            await asyncio.sleep(DB_CHECK_INTERVAL_SECONDS)
+
+
+class _Rebalance:
+    """Before a partition is given up: its running work finishes (bounded), outcomes are
+    flushed, and its waiting events are dropped — the next owner resumes from the commit."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        recorder: Recorder,
+        scheduler: Scheduler,
+        intake: Intake,
+        timeout: float,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._recorder = recorder
+        self._scheduler = scheduler
+        self._intake = intake
+        self._timeout = timeout
+
+    async def partitions_revoked(self, partitions: Partitions) -> None:
+        started = time.monotonic()
+        finished = await self._dispatcher.wait_until_idle(partitions, self._timeout)
+        await asyncio.wait_for(self._recorder.flush(), FINAL_FLUSH_TIMEOUT_SECONDS)
+        dropped = self._scheduler.drop(
+            lambda event: (event.record.topic, event.record.partition) in partitions
+        )
+        # They were never finished here: the next owner (maybe us again) must see them as new.
+        self._intake.release(dropped)
+        log.info(
+            "partitions_released",
+            running_work_finished=finished,
+            waiting_events_dropped=len(dropped),
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

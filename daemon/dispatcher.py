@@ -1,0 +1,612 @@
+"""Workers: take ready work, take a token, call Pivotal, and decide what became of it.
+
+One work = one entity's coalesced changes = (normally) one request. For each work the dispatcher
+picks the request (POST when the entity has no Pivotal id, PATCH when it has, DELETE), sends it
+through the rate limiter, and classifies the answer:
+
+- done: the outcome goes to the recorder (checkpoint + entity map, batched);
+- retry: 429 waits out Retry-After (the limiter blocks every worker), 5xx / timeouts /
+  connection errors back off exponentially with jitter — forever, because a systemic failure
+  must never dead-letter anything; the lane simply waits;
+- pause: 401 pauses the limiter and starts a cheap periodic probe (GET /me) that resumes it;
+- dead letter: a permanent 4xx parks the events of the work with status and response body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from daemon.entities import EntityCache, Intent
+from daemon.errors import PermanentError
+from daemon.events import Action, EntityKey, EntityKind, Event
+from daemon.metrics import Metrics, status_class
+from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
+from daemon.pivotal import IN_FLIGHT_CONFLICT_CODE, ApiResponse
+from daemon.recorder import Recorder, backoff_seconds
+from daemon.scheduler import Scheduler, Work
+
+RETRY_BASE_SECONDS = 0.5
+RETRY_CAP_SECONDS = 30.0
+# How often blocked children are checked against the parent timeout.
+ORPHAN_CHECK_INTERVAL_SECONDS = 1.0
+SLUG_TAKEN = "slug_taken"
+
+log = structlog.get_logger("pivotal_sync.dispatcher")
+
+
+class Permit(Protocol):
+    def complete(self, status: int, headers: Mapping[str, str]) -> None: ...
+
+    def failed(self) -> None: ...
+
+
+class Pacer(Protocol):
+    """The rate limiter as the dispatcher sees it."""
+
+    async def acquire(self) -> Permit: ...
+
+    def pause(self, reason: str) -> None: ...
+
+    def resume(self, reason: str) -> None: ...
+
+    @property
+    def paused_reasons(self) -> frozenset[str]: ...
+
+
+class Api(Protocol):
+    """The Pivotal client as the dispatcher sees it (the real one, or the dry-run planner)."""
+
+    async def create_customer(
+        self, body: Mapping[str, Any], idempotency_key: str
+    ) -> ApiResponse: ...
+    async def update_customer(self, pivotal_id: str, body: Mapping[str, Any]) -> ApiResponse: ...
+    async def delete_customer(self, pivotal_id: str) -> ApiResponse: ...
+    async def find_customers_by_slug(self, slug: str) -> ApiResponse: ...
+    async def create_contact(
+        self, customer_id: str, body: Mapping[str, Any], idempotency_key: str
+    ) -> ApiResponse: ...
+    async def update_contact(self, pivotal_id: str, body: Mapping[str, Any]) -> ApiResponse: ...
+    async def delete_contact(self, pivotal_id: str) -> ApiResponse: ...
+    async def create_onboarding(
+        self, body: Mapping[str, Any], idempotency_key: str
+    ) -> ApiResponse: ...
+    async def update_onboarding(self, pivotal_id: str, body: Mapping[str, Any]) -> ApiResponse: ...
+    async def delete_onboarding(self, pivotal_id: str) -> ApiResponse: ...
+    async def me(self) -> ApiResponse: ...
+
+
+class IntentStore(Protocol):
+    async def save_intent(self, intent: Intent) -> None: ...
+
+
+class Abandoned(Exception):
+    """The daemon is stopping: leave this work unfinished; it is redelivered after restart."""
+
+
+class Rejected(Exception):
+    """Pivotal refused the work for good (or it can only fail): dead-letter it."""
+
+    def __init__(self, dead_letter: DeadLetter, state: EntityState | None = None) -> None:
+        super().__init__(dead_letter.reason)
+        self.dead_letter = dead_letter
+        self.state = state
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    outcome: Outcome
+    state: EntityState | None
+
+
+def idempotency_key(entity: EntityKey, first_event_id: str) -> str:
+    """Stable for one create attempt of one entity: the intent stores it with its body."""
+    digest = hashlib.sha256(f"{entity.kind}\0{entity.external_id}\0{first_event_id}".encode())
+    return f"pivotal-sync:{entity.kind}:{digest.hexdigest()[:40]}"
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        api: Api,
+        pacer: Pacer,
+        scheduler: Scheduler,
+        entities: EntityCache,
+        recorder: Recorder,
+        intents: IntentStore | None,
+        metrics: Metrics,
+        workers: int,
+        record_source: str,
+        adopt_slug_conflicts: bool,
+        parent_timeout_seconds: float,
+        auth_probe_interval_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._pacer = pacer
+        self._scheduler = scheduler
+        self._entities = entities
+        self._recorder = recorder
+        self._intents = intents
+        self._metrics = metrics
+        self._workers = workers
+        self._source = record_source
+        self._adopt = adopt_slug_conflicts
+        self._parent_timeout = parent_timeout_seconds
+        self._probe_interval = auth_probe_interval_seconds
+        self._clock = clock
+        self._rng = random.Random()
+        self._changed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._stopping = False
+        self._running: dict[int, Work] = {}
+        self._probe: asyncio.Task[None] | None = None
+
+    # -- intake side -----------------------------------------------------------------------
+    def submit(self, event: Event) -> None:
+        self._scheduler.add(event, self._clock())
+        self._update_gauges()
+        self._changed.set()
+
+    @property
+    def auth_paused(self) -> bool:
+        return "auth" in self._pacer.paused_reasons
+
+    def in_flight_partitions(self) -> set[tuple[str, int]]:
+        return {
+            (e.record.topic, e.record.partition) for w in self._running.values() for e in w.events
+        }
+
+    async def wait_until_idle(self, partitions: set[tuple[str, int]], limit_seconds: float) -> bool:
+        """Wait until no running work holds events of `partitions` (rebalance, shutdown)."""
+        deadline = self._clock() + limit_seconds
+        while self.in_flight_partitions() & partitions:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return False
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), min(remaining, 0.5))
+        return True
+
+    # -- the loop --------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, drain_timeout_seconds: float) -> None:
+        """Run the workers until `stop`; then let running work finish for at most the drain
+        timeout and abandon the rest (it is redelivered after restart, never lost)."""
+        workers = [
+            asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(self._workers)
+        ]
+        orphans = asyncio.create_task(self._expire_orphans_forever(), name="orphans")
+        await stop.wait()
+        self._stopping = True
+        self._changed.set()
+        done, pending = await asyncio.wait(workers, timeout=drain_timeout_seconds)
+        for task in [*pending, orphans, *([self._probe] if self._probe else [])]:
+            task.cancel()
+        await asyncio.gather(*pending, orphans, return_exceptions=True)
+        if pending:
+            log.warning("drain_timed_out", abandoned_works=len(pending))
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _worker(self) -> None:
+        while True:
+            work = await self._next_work()
+            if work is None:
+                return
+            self._running[id(work)] = work
+            try:
+                await self._process(work)
+            except Abandoned:
+                log.info("work_abandoned", entity=str(work.entity), events=len(work.events))
+                return
+            finally:
+                self._running.pop(id(work), None)
+                self._scheduler.done(work)
+                self._update_gauges()
+                self._idle.set()
+                self._changed.set()
+
+    async def _next_work(self) -> Work | None:
+        while not self._stopping:
+            # Clear before looking: a submit() between the look and the wait still wakes us.
+            self._changed.clear()
+            ready = self._scheduler.take_ready(self._entities.customer_ready, 1)
+            if ready:
+                return ready[0]
+            await self._changed.wait()
+        return None
+
+    async def _expire_orphans_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ORPHAN_CHECK_INTERVAL_SECONDS)
+            expired = self._scheduler.expire_orphans(
+                self._clock(), self._parent_timeout, self._entities.customer_ready
+            )
+            for work in expired:
+                detail = (
+                    f"customer {work.customer_external_id!r} has no Pivotal id after "
+                    f"{self._parent_timeout:g} s"
+                )
+                self._finish_rejected(
+                    work, Rejected(DeadLetter(reason="parent_missing", detail=detail))
+                )
+            if expired:
+                self._update_gauges()
+
+    # -- one work --------------------------------------------------------------------------
+    async def _process(self, work: Work) -> None:
+        try:
+            applied = await self._apply(work)
+        except Rejected as rejected:
+            self._finish_rejected(work, rejected)
+            return
+        self._finish_applied(work, applied)
+
+    async def _apply(self, work: Work) -> Applied:
+        state = self._entities.get(work.entity)
+        if work.action is Action.DELETE:
+            return await self._delete(work, state)
+        if state is not None and state.pivotal_id is not None and not state.deleted:
+            return await self._update(work, state)
+        return await self._create(work)
+
+    async def _delete(self, work: Work, state: EntityState | None) -> Applied:
+        if state is None or state.pivotal_id is None or state.deleted:
+            # Pivotal never had it (or it is gone already): nothing to send.
+            self._entities.clear_intent(work.entity)
+            return Applied(Outcome.NOOP, self._next_state(work, state, None, deleted=True))
+        call = {
+            EntityKind.CUSTOMER: self._api.delete_customer,
+            EntityKind.CONTACT: self._api.delete_contact,
+            EntityKind.ONBOARDING: self._api.delete_onboarding,
+        }[work.entity.kind]
+        pivotal_id = state.pivotal_id
+        response = await self._send(lambda: call(pivotal_id))
+        # 404: deleted in Pivotal already (by hand, or by our own earlier attempt): the goal holds.
+        if not response.ok and response.status != 404:
+            raise self._rejection(response, state)
+        return Applied(Outcome.SENT, self._next_state(work, state, pivotal_id, deleted=True))
+
+    async def _update(self, work: Work, state: EntityState) -> Applied:
+        assert state.pivotal_id is not None
+        body = self._body(work, creating=False)
+        response = await self._patch(work.entity.kind, state.pivotal_id, body)
+        if response.status == 404:
+            # Deleted in Pivotal behind our back. Re-creating it silently could resurrect a
+            # record a person removed on purpose, so park it: forget the stale id, and a
+            # redrive of the dead letter re-creates it if that is what the operator wants.
+            gone = self._next_state(work, state, None, deleted=True)
+            self._entities.put(gone)
+            raise Rejected(
+                DeadLetter(
+                    reason="deleted_in_pivotal",
+                    detail=f"{work.entity} ({state.pivotal_id}) no longer exists in Pivotal",
+                    status=404,
+                    response_body=response.body_excerpt(),
+                ),
+                gone,
+            )
+        if not response.ok:
+            raise self._rejection(response, state)
+        return Applied(Outcome.SENT, self._next_state(work, state, state.pivotal_id))
+
+    async def _create(self, work: Work) -> Applied:
+        intent = self._entities.intent(work.entity)
+        fresh = intent is None
+        if intent is None:
+            intent = await self._new_intent(work)
+        response = await self._post(intent)
+        adopted = False
+        if (
+            not response.ok
+            and response.status == 409
+            and response.error_code == SLUG_TAKEN
+            and work.entity.kind is EntityKind.CUSTOMER
+            and self._adopt
+        ):
+            pivotal_id = await self._adopt_by_slug(work, intent)
+            adopted = True
+        elif not response.ok:
+            self._entities.clear_intent(work.entity)
+            raise self._rejection(response, None)
+        else:
+            pivotal_id = self._id_of(response)
+        state = self._next_state(work, None, pivotal_id)
+        self._entities.put(state)
+        self._entities.clear_intent(work.entity)
+        # An adopted customer still needs our fields (and our metadata); an intent replayed
+        # from an earlier run carries an older body than this work: send what differs.
+        patch = self._body(work, creating=True)
+        if adopted:
+            patch.pop("slug", None)
+        elif not fresh:
+            patch = {k: v for k, v in patch.items() if intent.body.get(k) != v}
+        if patch and (adopted or not fresh):
+            response = await self._patch(work.entity.kind, pivotal_id, patch)
+            if not response.ok:
+                raise self._rejection(response, state)
+        return Applied(Outcome.SENT, state)
+
+    async def _new_intent(self, work: Work) -> Intent:
+        body = self._body(work, creating=True)
+        parent_id: str | None = None
+        if work.entity.kind is EntityKind.CUSTOMER:
+            if not isinstance(body.get("name"), str) or not body["name"]:
+                # Pivotal requires a name on create: this request can only fail.
+                raise Rejected(
+                    DeadLetter(
+                        reason="missing_field",
+                        detail=f"{work.entity} is unknown to Pivotal and has no name to create it",
+                    )
+                )
+        else:
+            parent_id = self._entities.pivotal_id(
+                EntityKey(kind=EntityKind.CUSTOMER, external_id=work.customer_external_id)
+            )
+            if parent_id is None:
+                raise Rejected(
+                    DeadLetter(reason="parent_missing", detail="customer deleted or missing")
+                )
+            if work.entity.kind is EntityKind.ONBOARDING:
+                body["customer_id"] = parent_id
+        intent = Intent(
+            key=work.entity,
+            idempotency_key=idempotency_key(work.entity, work.events[0].id),
+            parent_id=parent_id,
+            body=body,
+        )
+        # Durable before the POST leaves: see entities.py for why.
+        if self._intents is not None:
+            await self._intents.save_intent(intent)
+        self._entities.set_intent(intent)
+        return intent
+
+    async def _adopt_by_slug(self, work: Work, intent: Intent) -> str:
+        slug = str(intent.body.get("slug", ""))
+        response = await self._send(lambda: self._api.find_customers_by_slug(slug))
+        data = response.json() if response.ok else None
+        rows = data.get("data") if isinstance(data, dict) else None
+        if not rows or not isinstance(rows[0], dict) or "id" not in rows[0]:
+            self._entities.clear_intent(work.entity)
+            raise Rejected(
+                DeadLetter(
+                    reason="slug_taken",
+                    detail=f"slug {slug!r} is taken but no customer with it could be found",
+                    status=409,
+                )
+            )
+        log.info("customer_adopted", entity=str(work.entity), pivotal_id=rows[0]["id"])
+        return str(rows[0]["id"])
+
+    async def _post(self, intent: Intent) -> ApiResponse:
+        kind = intent.key.kind
+        if kind is EntityKind.CUSTOMER:
+            return await self._send(
+                lambda: self._api.create_customer(intent.body, intent.idempotency_key)
+            )
+        if kind is EntityKind.CONTACT:
+            assert intent.parent_id is not None
+            parent = intent.parent_id
+            return await self._send(
+                lambda: self._api.create_contact(parent, intent.body, intent.idempotency_key)
+            )
+        return await self._send(
+            lambda: self._api.create_onboarding(intent.body, intent.idempotency_key)
+        )
+
+    async def _patch(self, kind: EntityKind, pivotal_id: str, body: dict[str, Any]) -> ApiResponse:
+        call = {
+            EntityKind.CUSTOMER: self._api.update_customer,
+            EntityKind.CONTACT: self._api.update_contact,
+            EntityKind.ONBOARDING: self._api.update_onboarding,
+        }[kind]
+        return await self._send(lambda: call(pivotal_id, body))
+
+    def _body(self, work: Work, *, creating: bool) -> dict[str, Any]:
+        body = dict(work.fields)
+        if creating or "metadata" in body:
+            # Every record we create is traceable to its CRM entity; a PATCH of metadata
+            # replaces the object, so the trace is re-sent with it.
+            metadata = body.get("metadata")
+            merged = dict(metadata) if isinstance(metadata, Mapping) else {}
+            merged["external_id"] = work.entity.external_id
+            merged["source"] = self._source
+            body["metadata"] = merged
+        return body
+
+    @staticmethod
+    def _id_of(response: ApiResponse) -> str:
+        data = response.json()
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise Rejected(
+                DeadLetter(
+                    reason="bad_response",
+                    detail="create succeeded without an id in the body",
+                    status=response.status,
+                    response_body=response.body_excerpt(),
+                )
+            )
+        return data["id"]
+
+    def _next_state(
+        self,
+        work: Work,
+        state: EntityState | None,
+        pivotal_id: str | None,
+        *,
+        deleted: bool = False,
+    ) -> EntityState:
+        sequences = [
+            s for s in (work.sequence, state.last_sequence if state else None) if s is not None
+        ]
+        return EntityState(
+            key=work.entity,
+            pivotal_id=pivotal_id,
+            customer_external_id=work.customer_external_id,
+            last_sequence=max(sequences) if sequences else None,
+            deleted=deleted,
+        )
+
+    @staticmethod
+    def _rejection(response: ApiResponse, state: EntityState | None) -> Rejected:
+        code = response.error_code
+        return Rejected(
+            DeadLetter(
+                reason=f"http_{response.status}",
+                detail=f"{response.method} {response.endpoint} refused: {code or 'no code'}",
+                status=response.status,
+                response_body=response.body_excerpt(),
+            ),
+            state,
+        )
+
+    # -- sending ---------------------------------------------------------------------------
+    async def _send(self, call: Callable[[], Awaitable[ApiResponse]]) -> ApiResponse:
+        """One logical request: paced, retried through transient failures, never given up
+        on for a systemic one. Returns the first definitive answer (2xx or a permanent 4xx)."""
+        attempt = 0
+        while True:
+            if self._stopping and attempt:
+                raise Abandoned
+            permit = await self._pacer.acquire()
+            started = self._clock()
+            try:
+                response = await call()
+            except PermanentError:
+                permit.failed()
+                raise
+            except Exception as exc:
+                permit.failed()
+                attempt += 1
+                self._metrics.retries.labels(reason="network").inc()
+                await self._backoff(attempt, "network", str(exc))
+                continue
+            permit.complete(response.status, response.headers)
+            self._observe(response, self._clock() - started)
+            if response.ok or self._definitive_refusal(response):
+                return response
+            attempt += 1
+            if response.status == 429:
+                # The limiter now blocks every worker until Retry-After has passed.
+                self._metrics.retries.labels(reason="rate_limited").inc()
+                continue
+            if response.status in (401, 403):
+                self._auth_failed()
+                continue
+            if self._in_flight_conflict(response):
+                self._metrics.retries.labels(reason="conflict_in_flight").inc()
+            else:
+                self._metrics.retries.labels(reason="server_error").inc()
+            await self._backoff(attempt, f"http_{response.status}", response.error_code)
+
+    @classmethod
+    def _definitive_refusal(cls, response: ApiResponse) -> bool:
+        """A 4xx that no waiting can fix (401/403 pause, 429 waits, in-flight 409 retries)."""
+        return (
+            400 <= response.status < 500
+            and response.status not in (401, 403, 408, 429)
+            and not cls._in_flight_conflict(response)
+        )
+
+    @staticmethod
+    def _in_flight_conflict(response: ApiResponse) -> bool:
+        return response.status == 409 and response.error_code == IN_FLIGHT_CONFLICT_CODE
+
+    async def _backoff(self, attempt: int, reason: str, detail: str) -> None:
+        delay = backoff_seconds(attempt, self._rng, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
+        log.info(
+            "request_retrying",
+            reason=reason,
+            detail=detail[:200],
+            attempt=attempt,
+            delay_seconds=round(delay, 2),
+        )
+        if self._stopping:
+            raise Abandoned
+        await asyncio.sleep(delay)
+
+    def _observe(self, response: ApiResponse, seconds: float) -> None:
+        self._metrics.requests.labels(
+            method=response.method,
+            endpoint=response.endpoint,
+            status_class=status_class(response.status),
+        ).inc()
+        self._metrics.request_duration.labels(
+            method=response.method, endpoint=response.endpoint
+        ).observe(seconds)
+
+    def _auth_failed(self) -> None:
+        if "auth" not in self._pacer.paused_reasons:
+            log.error("api_key_refused", action="pausing; probing GET /me until it works again")
+            self._pacer.pause("auth")
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_auth(), name="auth-probe")
+
+    async def _probe_auth(self) -> None:
+        """While paused for auth, one cheap GET /me per interval; resume on success."""
+        while True:
+            await asyncio.sleep(self._probe_interval)
+            try:
+                response = await self._api.me()
+            except Exception as exc:
+                log.info("auth_probe_failed", error=type(exc).__name__)
+                continue
+            self._observe(response, 0.0)
+            if response.status not in (401, 403):
+                log.info("api_key_accepted", status=response.status)
+                self._pacer.resume("auth")
+                return
+
+    # -- finishing -------------------------------------------------------------------------
+    def _finish_applied(self, work: Work, applied: Applied) -> None:
+        last = work.events[-1]
+        finished = [
+            self._finished(e, Outcome.SUPERSEDED, work, applied.state) for e in work.superseded
+        ]
+        finished += [
+            self._finished(e, Outcome.COALESCED, work, applied.state) for e in work.events[:-1]
+        ]
+        finished.append(self._finished(last, applied.outcome, work, applied.state))
+        if len(work.events) > 1:
+            self._metrics.coalesced.inc(len(work.events) - 1)
+        self._recorder.add(finished, [applied.state] if applied.state else [])
+
+    def _finish_rejected(self, work: Work, rejected: Rejected) -> None:
+        finished = [
+            Finished(
+                event_id=e.id,
+                record=e.record,
+                outcome=Outcome.DEAD_LETTERED,
+                entity=work.entity,
+                dead_letter=rejected.dead_letter,
+            )
+            for e in [*work.superseded, *work.events]
+        ]
+        self._recorder.add(finished, [rejected.state] if rejected.state else [])
+
+    @staticmethod
+    def _finished(
+        event: Event, outcome: Outcome, work: Work, state: EntityState | None
+    ) -> Finished:
+        return Finished(
+            event_id=event.id,
+            record=event.record,
+            outcome=outcome,
+            entity=work.entity,
+            pivotal_id=state.pivotal_id if state else None,
+        )
+
+    def _update_gauges(self) -> None:
+        self._metrics.pending_events.set(self._scheduler.pending_events)
+        self._metrics.lanes_active.set(self._scheduler.lanes)

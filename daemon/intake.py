@@ -1,0 +1,121 @@
+"""Admission: a batch of Kafka records becomes scheduled events or immediate outcomes.
+
+For each record, in offset order: track its offset; parse it (invalid → dead letter, no
+request); skip it if its event id is finished already (the checkpoint table, or an earlier
+copy still in the pipeline); skip it if its `sequence` is not newer than one admitted for the
+same entity; otherwise hand it to the dispatcher. Postgres is asked once per batch, not once
+per record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+from daemon.dispatcher import Dispatcher
+from daemon.entities import EntityCache, EntityStore
+from daemon.errors import InvalidEventError
+from daemon.events import EntityKey, EntityKind, Event, RecordRef, parse_record
+from daemon.metrics import Metrics
+from daemon.outcomes import DeadLetter, Finished, Outcome
+from daemon.progress import Progress
+from daemon.recorder import Recorder
+
+log = structlog.get_logger("pivotal_sync.intake")
+
+
+class CheckpointLookup(EntityStore, Protocol):
+    async def finished_ids(self, ids: Sequence[str]) -> set[str]: ...
+
+
+class Intake:
+    def __init__(
+        self,
+        *,
+        store: CheckpointLookup,
+        entities: EntityCache,
+        dispatcher: Dispatcher,
+        recorder: Recorder,
+        progress: Progress,
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self._entities = entities
+        self._dispatcher = dispatcher
+        self._recorder = recorder
+        self._progress = progress
+        self._metrics = metrics
+        # Ids admitted but not durable yet: a second copy in the stream is a duplicate too.
+        self._in_pipeline: set[str] = set()
+
+    def forget(self, finished: Sequence[Finished]) -> None:
+        """Called once outcomes are durable: the checkpoint table answers for them now."""
+        for item in finished:
+            self._in_pipeline.discard(item.event_id)
+
+    def release(self, events: Sequence[Event]) -> None:
+        """Events dropped unfinished (their partition was revoked): forget we admitted them,
+        and reload their entities from Postgres when they come back."""
+        for event in events:
+            self._in_pipeline.discard(event.id)
+        self._entities.forget({e.entity for e in events})
+
+    async def admit(self, records: Sequence[RecordRef]) -> None:
+        parsed: list[tuple[RecordRef, Event | InvalidEventError]] = []
+        for record in records:
+            self._progress.track(record.topic, record.partition, record.offset)
+            self._metrics.events_consumed.labels(partition=str(record.partition)).inc()
+            try:
+                parsed.append((record, parse_record(record)))
+            except InvalidEventError as exc:
+                parsed.append((record, exc))
+        ids = [self._id(record, item) for record, item in parsed]
+        done = await self._store.finished_ids(ids) if ids else set()
+        fresh: list[Event] = []
+        for (record, item), event_id in zip(parsed, ids, strict=True):
+            if event_id in done:
+                self._recorder.add_durable([self._skip(event_id, record, item, Outcome.DUPLICATE)])
+            elif event_id in self._in_pipeline:
+                self._recorder.add([self._skip(event_id, record, item, Outcome.DUPLICATE)])
+            elif isinstance(item, InvalidEventError):
+                self._in_pipeline.add(event_id)
+                self._recorder.add([self._invalid(event_id, record, item)])
+            else:
+                self._in_pipeline.add(event_id)
+                fresh.append(item)
+        await self._entities.load(self._store, self._keys(fresh))
+        for event in fresh:
+            if not self._entities.admit_sequence(event.entity, event.sequence):
+                self._recorder.add([self._skip(event.id, event.record, event, Outcome.STALE)])
+            else:
+                self._dispatcher.submit(event)
+
+    @staticmethod
+    def _id(record: RecordRef, item: Event | InvalidEventError) -> str:
+        return item.id if isinstance(item, Event) else Finished.record_id(record)
+
+    @staticmethod
+    def _keys(events: Sequence[Event]) -> list[EntityKey]:
+        keys = {e.entity for e in events}
+        keys |= {
+            EntityKey(kind=EntityKind.CUSTOMER, external_id=e.customer_external_id) for e in events
+        }
+        return list(keys)
+
+    @staticmethod
+    def _skip(
+        event_id: str, record: RecordRef, item: Event | InvalidEventError, outcome: Outcome
+    ) -> Finished:
+        entity = item.entity if isinstance(item, Event) else None
+        return Finished(event_id=event_id, record=record, outcome=outcome, entity=entity)
+
+    @staticmethod
+    def _invalid(event_id: str, record: RecordRef, error: InvalidEventError) -> Finished:
+        return Finished(
+            event_id=event_id,
+            record=record,
+            outcome=Outcome.DEAD_LETTERED,
+            dead_letter=DeadLetter(reason=error.reason, detail=error.detail),
+        )

@@ -1,0 +1,212 @@
+"""The Pivotal HTTP client: one method per endpoint, errors mapped, no retry loop.
+
+Retries, pacing and dead-lettering belong to the dispatcher and the rate limiter; this room only
+speaks HTTP. Every call returns an `ApiResponse` whatever the status (the limiter needs the
+headers of failures too); `raise_for_status` maps a failure onto the error tree. Network errors
+and timeouts raise `TransientError` directly, since there is no response to return.
+
+The API key lives only inside the httpx client's default headers, which httpx masks in reprs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from daemon.errors import (
+    AuthError,
+    PermanentError,
+    PivotalError,
+    RateLimitedError,
+    TransientError,
+)
+
+USER_AGENT = "pivotal-sync/0.1"
+MAX_CONNECTIONS = 64
+# Retry-After when a 429 arrives without a usable one.
+DEFAULT_RETRY_AFTER_SECONDS = 1.0
+# Idempotency in-flight collision: Pivotal says retry "shortly"; the dispatcher waits this long.
+IN_FLIGHT_CONFLICT_CODE = "idempotency_request_in_progress"
+BODY_EXCERPT_BYTES = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    """What Pivotal answered: status, headers and the raw body."""
+
+    method: str
+    endpoint: str  # bounded label: customers, contacts, onboardings, me
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def error_code(self) -> str:
+        data = self.json()
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            return str(data["error"].get("code", ""))
+        return ""
+
+    def body_excerpt(self) -> str:
+        return self.body[:BODY_EXCERPT_BYTES].decode("utf-8", "replace")
+
+    def raise_for_status(self) -> None:
+        """Map a non-2xx answer onto the error tree (see errors.py)."""
+        if self.ok:
+            return
+        code, body = self.error_code, self.body_excerpt()
+        message = f"{self.method} {self.endpoint}: HTTP {self.status} {code}".strip()
+        error: PivotalError
+        if self.status == 429:
+            error = RateLimitedError(message, retry_after=self.retry_after(), body=body)
+        elif self.status == 401:
+            error = AuthError(message, status=401, code=code, body=body)
+        elif self.status >= 500 or (self.status == 409 and code == IN_FLIGHT_CONFLICT_CODE):
+            error = TransientError(message, status=self.status, code=code, body=body)
+        else:
+            error = PermanentError(message, status=self.status, code=code, body=body)
+        raise error
+
+    def retry_after(self) -> float:
+        raw = self.headers.get("retry-after", "")
+        try:
+            value = float(raw)
+        except ValueError:
+            return DEFAULT_RETRY_AFTER_SECONDS
+        return value if math.isfinite(value) and value >= 0 else DEFAULT_RETRY_AFTER_SECONDS
+
+
+class PivotalClient:
+    """Async client for Pivotal's REST API (base URL ends in /api/v1)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: SecretStr,
+        timeout_seconds: float = 10.0,
+        max_connections: int = MAX_CONNECTIONS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers={
+                "Authorization": f"Bearer {api_key.get_secret_value()}",
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+            },
+            timeout=httpx.Timeout(timeout_seconds),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"PivotalClient(base_url={str(self._http.base_url)!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> PivotalClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> ApiResponse:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        content = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            content = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        try:
+            response = await self._http.request(
+                method, path.lstrip("/"), content=content, params=params, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"{method} {endpoint}: timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"{method} {endpoint}: {type(exc).__name__}") from None
+        return ApiResponse(
+            method=method,
+            endpoint=endpoint,
+            status=response.status_code,
+            headers={k.lower(): v for k, v in response.headers.items()},
+            body=response.content,
+        )
+
+    # -- customers -------------------------------------------------------------------------
+    async def create_customer(self, body: Mapping[str, Any], idempotency_key: str) -> ApiResponse:
+        return await self.request(
+            "POST", "customers", "customers", body=body, idempotency_key=idempotency_key
+        )
+
+    async def update_customer(self, pivotal_id: str, body: Mapping[str, Any]) -> ApiResponse:
+        return await self.request("PATCH", f"customers/{pivotal_id}", "customers", body=body)
+
+    async def delete_customer(self, pivotal_id: str) -> ApiResponse:
+        return await self.request("DELETE", f"customers/{pivotal_id}", "customers")
+
+    async def find_customers_by_slug(self, slug: str) -> ApiResponse:
+        return await self.request("GET", "customers", "customers", params={"slug": slug})
+
+    # -- contacts --------------------------------------------------------------------------
+    async def create_contact(
+        self, customer_id: str, body: Mapping[str, Any], idempotency_key: str
+    ) -> ApiResponse:
+        return await self.request(
+            "POST",
+            f"customers/{customer_id}/contacts",
+            "contacts",
+            body=body,
+            idempotency_key=idempotency_key,
+        )
+
+    async def update_contact(self, pivotal_id: str, body: Mapping[str, Any]) -> ApiResponse:
+        return await self.request("PATCH", f"contacts/{pivotal_id}", "contacts", body=body)
+
+    async def delete_contact(self, pivotal_id: str) -> ApiResponse:
+        return await self.request("DELETE", f"contacts/{pivotal_id}", "contacts")
+
+    # -- onboardings -----------------------------------------------------------------------
+    async def create_onboarding(self, body: Mapping[str, Any], idempotency_key: str) -> ApiResponse:
+        return await self.request(
+            "POST", "onboardings", "onboardings", body=body, idempotency_key=idempotency_key
+        )
+
+    async def update_onboarding(self, pivotal_id: str, body: Mapping[str, Any]) -> ApiResponse:
+        return await self.request("PATCH", f"onboardings/{pivotal_id}", "onboardings", body=body)
+
+    async def delete_onboarding(self, pivotal_id: str) -> ApiResponse:
+        return await self.request("DELETE", f"onboardings/{pivotal_id}", "onboardings")
+
+    # -- meta ------------------------------------------------------------------------------
+    async def me(self) -> ApiResponse:
+        """The cheapest authenticated call: the auth probe."""
+        return await self.request("GET", "me", "me")

@@ -1,0 +1,167 @@
+"""Makes outcomes durable in batches, then releases their offsets for commit.
+
+The order is the guarantee: an event's offset becomes committable only after its checkpoint row
+(and the entity-map change it caused) is committed in Postgres. Writes are batched — one
+transaction per `flush_interval` or `batch_size` outcomes — because a transaction per event
+would cap the daemon far below the pipeline's speed. A failed batch is kept and retried with
+backoff; nothing is released until it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import structlog
+
+from daemon.events import EntityKey
+from daemon.metrics import Metrics
+from daemon.outcomes import EntityState, Finished, Outcome
+from daemon.progress import Progress
+
+RETRY_BASE_SECONDS = 0.2
+RETRY_CAP_SECONDS = 10.0
+
+log = structlog.get_logger("pivotal_sync.recorder")
+
+
+class OutcomeStore(Protocol):
+    async def record(
+        self, finished: Sequence[Finished], entities: Sequence[EntityState]
+    ) -> None: ...
+
+
+def backoff_seconds(attempt: int, rng: random.Random, base: float, cap: float) -> float:
+    """Capped exponential backoff with full jitter (attempt counts from 1)."""
+    return rng.uniform(0, min(cap, base * 2 ** min(attempt - 1, 30)))
+
+
+class Recorder:
+    def __init__(
+        self,
+        *,
+        store: OutcomeStore | None,
+        progress: Progress,
+        metrics: Metrics,
+        flush_interval_seconds: float,
+        batch_size: int,
+        on_durable: Callable[[Sequence[Finished]], None] | None = None,
+    ) -> None:
+        # store=None is the dry run: outcomes are logged, nothing is written or released.
+        self._store = store
+        self._progress = progress
+        self._metrics = metrics
+        self._interval = flush_interval_seconds
+        self._batch_size = batch_size
+        self.on_durable = on_durable
+        self._finished: list[Finished] = []
+        self._entities: dict[EntityKey, EntityState] = {}
+        self._wakeup = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._rng = random.Random()
+        self.healthy = True
+
+    def add(self, finished: Sequence[Finished], entities: Sequence[EntityState] = ()) -> None:
+        for item in finished:
+            self._log_finished(item)
+        self._finished.extend(finished)
+        for state in entities:
+            self._entities[state.key] = state  # the latest state of an entity wins
+        if len(self._finished) >= self._batch_size:
+            self._wakeup.set()
+
+    def add_durable(self, finished: Sequence[Finished]) -> None:
+        """Outcomes that are durable already (a replayed event found in the checkpoint table):
+        log them and release their offsets without another write."""
+        for item in finished:
+            self._log_finished(item)
+        self._release(list(finished))
+
+    @property
+    def backlog(self) -> int:
+        return len(self._finished)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._interval)
+            self._wakeup.clear()
+            await self.flush()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything buffered; retries until it lands (callers bound it with timeouts)."""
+        async with self._lock:
+            attempt = 0
+            while self._finished or self._entities:
+                finished, self._finished = self._finished, []
+                entities, self._entities = list(self._entities.values()), {}
+                try:
+                    await self._write(finished, entities)
+                except Exception as exc:
+                    # Put the batch back in front: order does not matter for correctness, but
+                    # newer entity states added meanwhile must win over the failed batch's.
+                    self._finished[:0] = finished
+                    for state in entities:
+                        self._entities.setdefault(state.key, state)
+                    attempt += 1
+                    self.healthy = False
+                    self._metrics.checkpoint_failures.inc()
+                    delay = backoff_seconds(
+                        attempt, self._rng, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS
+                    )
+                    log.warning(
+                        "checkpoint_write_failed",
+                        error=type(exc).__name__,
+                        detail=str(exc)[:200],
+                        events=len(finished),
+                        retry_in_seconds=round(delay, 2),
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                self.healthy = True
+                self._release(finished)
+
+    async def _write(self, finished: list[Finished], entities: list[EntityState]) -> None:
+        if self._store is None:
+            return
+        started = time.perf_counter()
+        await self._store.record(finished, entities)
+        self._metrics.checkpoint_duration.observe(time.perf_counter() - started)
+        self._metrics.last_checkpoint.set(time.time())
+
+    def _release(self, finished: list[Finished]) -> None:
+        if self._store is None:
+            return  # dry run: nothing is durable, so nothing may be committed
+        for item in finished:
+            self._progress.finish(item.record.topic, item.record.partition, item.record.offset)
+        if self.on_durable is not None:
+            self.on_durable(finished)
+
+    def _log_finished(self, item: Finished) -> None:
+        kind = item.entity.kind.value if item.entity else "unknown"
+        self._metrics.events_finished.labels(outcome=item.outcome.value, kind=kind).inc()
+        fields: dict[str, object] = {
+            "event_id": item.event_id,
+            "outcome": item.outcome.value,
+            "partition": item.record.partition,
+            "offset": item.record.offset,
+        }
+        if item.entity is not None:
+            fields["entity"] = str(item.entity)
+        if item.pivotal_id is not None:
+            fields["pivotal_id"] = item.pivotal_id
+        if item.dead_letter is not None:
+            self._metrics.dead_letters.labels(reason=item.dead_letter.reason).inc()
+            fields["reason"] = item.dead_letter.reason
+            fields["detail"] = item.dead_letter.detail[:300]
+            if item.dead_letter.status is not None:
+                fields["status"] = item.dead_letter.status
+        if item.outcome is Outcome.DEAD_LETTERED:
+            log.warning("event_finished", **fields)
+        else:
+            log.info("event_finished", **fields)

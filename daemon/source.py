@@ -1,0 +1,265 @@
+"""The Kafka side: a consumer group member with manual offsets.
+
+Auto-commit is off. Offsets are committed only from `Progress.committable()`, i.e. up to the
+first event that is not finished *and durable in Postgres*. Fetching pauses while the pipeline
+holds `max_pending` events (pause/resume keeps the group membership, unlike not polling), and
+a rebalance first lets the revoked partitions' running work finish (bounded), flushes
+checkpoints and commits, then drops their waiting events: the next owner starts exactly there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from daemon.events import RecordRef
+from daemon.metrics import Metrics
+from daemon.progress import Progress
+from daemon.recorder import backoff_seconds
+
+FETCH_TIMEOUT_MS = 200
+FETCH_MAX_RECORDS = 500
+COMMIT_INTERVAL_SECONDS = 1.0
+LAG_INTERVAL_SECONDS = 5.0
+CONNECT_RETRY_BASE_SECONDS = 0.5
+CONNECT_RETRY_CAP_SECONDS = 30.0
+
+log = structlog.get_logger("pivotal_sync.source")
+
+Partitions = set[tuple[str, int]]
+
+
+class RebalanceHooks(Protocol):
+    async def partitions_revoked(self, partitions: Partitions) -> None: ...
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: Source) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._source._on_revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._source._on_assigned({(tp.topic, tp.partition) for tp in assigned})
+
+
+class Source:
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        group_id: str,
+        progress: Progress,
+        metrics: Metrics,
+        handler: Callable[[Sequence[RecordRef]], Awaitable[None]],
+        hooks: RebalanceHooks,
+        pending: Callable[[], int],
+        max_pending: int,
+        seconds_to_send: Callable[[int], float],
+        commit_enabled: bool = True,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._topic = topic
+        self._group_id = group_id
+        self._progress = progress
+        self._metrics = metrics
+        self._handler = handler
+        self._hooks = hooks
+        self._pending = pending
+        self._max_pending = max_pending
+        self._seconds_to_send = seconds_to_send
+        self._commit_enabled = commit_enabled
+        self._consumer: AIOKafkaConsumer | None = None
+        self._paused = False
+        self._committed: dict[tuple[str, int], int] = {}
+        self._rng = random.Random()
+        self.connected = False
+        self.assigned: Partitions = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self, stop: asyncio.Event) -> bool:
+        """Join the group, retrying with backoff while Kafka is unreachable. False if stopped."""
+        attempt = 0
+        while not stop.is_set():
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                group_id=self._group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                # Postgres, not Kafka, decides what is finished; isolation keeps aborted
+                # transactional records (if the CRM uses transactions) out.
+                isolation_level="read_committed",
+                client_id="pivotal-sync",
+            )
+            try:
+                await consumer.start()
+            except KafkaError as exc:
+                await consumer.stop()
+                attempt += 1
+                delay = backoff_seconds(
+                    attempt, self._rng, CONNECT_RETRY_BASE_SECONDS, CONNECT_RETRY_CAP_SECONDS
+                )
+                log.warning(
+                    "kafka_unreachable", error=type(exc).__name__, retry_in_seconds=round(delay, 2)
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                continue
+            consumer.subscribe([self._topic], listener=_Listener(self))
+            self._consumer = consumer
+            self.connected = True
+            log.info("kafka_connected", topic=self._topic, group_id=self._group_id)
+            return True
+        return False
+
+    async def close(self) -> None:
+        if self._consumer is None:
+            return
+        await self.commit()
+        await self._consumer.stop()
+        self._consumer = None
+        self.connected = False
+
+    # -- the loop --------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self._consumer is not None
+        committer = asyncio.create_task(self._commit_forever(stop), name="committer")
+        lag = asyncio.create_task(self._lag_forever(stop), name="lag")
+        try:
+            while not stop.is_set():
+                self._apply_backpressure()
+                try:
+                    batches = await self._consumer.getmany(
+                        timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+                    )
+                except KafkaError as exc:
+                    # aiokafka reconnects by itself; keep polling, but say so.
+                    self.connected = False
+                    log.warning("kafka_fetch_failed", error=type(exc).__name__)
+                    await asyncio.sleep(1.0)
+                    continue
+                self.connected = True
+                records = [self._ref(r) for batch in batches.values() for r in batch]
+                if records:
+                    await self._handler(records)
+        finally:
+            committer.cancel()
+            lag.cancel()
+            await asyncio.gather(committer, lag, return_exceptions=True)
+
+    def _apply_backpressure(self) -> None:
+        assert self._consumer is not None
+        pending = self._pending()
+        partitions = self._consumer.assignment()
+        if not self._paused and pending >= self._max_pending:
+            self._consumer.pause(*partitions)
+            self._paused = True
+            log.info("fetching_paused", pending_events=pending)
+        elif self._paused and pending <= self._max_pending // 2:
+            self._consumer.resume(*partitions)
+            self._paused = False
+            log.info("fetching_resumed", pending_events=pending)
+        elif self._paused:
+            # Partitions assigned after the pause must not fetch either.
+            self._consumer.pause(*partitions)
+
+    @staticmethod
+    def _ref(record: Any) -> RecordRef:
+        return RecordRef(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=tuple((str(k), bytes(v or b"")) for k, v in (record.headers or ())),
+            timestamp_ms=record.timestamp,
+        )
+
+    # -- commits ---------------------------------------------------------------------------
+    async def commit(self, partitions: Partitions | None = None) -> None:
+        """Commit every partition whose safe position advanced (only `partitions` if given)."""
+        if self._consumer is None or not self._commit_enabled:
+            return
+        positions = self._progress.committable()
+        if partitions is not None:
+            positions = {tp: off for tp, off in positions.items() if tp in partitions}
+        positions = {tp: off for tp, off in positions.items() if tp in self.assigned}
+        if not positions:
+            return
+        try:
+            await self._consumer.commit(
+                {TopicPartition(t, p): off for (t, p), off in positions.items()}
+            )
+        except KafkaError as exc:
+            log.warning("offset_commit_failed", error=type(exc).__name__)
+            return
+        self._progress.mark_committed(positions)
+        self._committed.update(positions)
+
+    async def _commit_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(COMMIT_INTERVAL_SECONDS)
+            await self.commit()
+
+    async def _lag_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.update_lag()
+            await asyncio.sleep(LAG_INTERVAL_SECONDS)
+
+    async def update_lag(self) -> dict[tuple[str, int], int]:
+        """Lag per assigned partition: high watermark − committed position.
+
+        The high watermark comes from the last fetch response (`highwater()`), which is right
+        on every broker (`end_offsets()` is not, on tansu after multi-record batches)."""
+        lags: dict[tuple[str, int], int] = {}
+        if self._consumer is None:
+            return lags
+        for topic, partition in sorted(self.assigned):
+            tp = TopicPartition(topic, partition)
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            committed = self._committed.get((topic, partition))
+            if committed is None:
+                committed = await self._consumer.committed(tp) or 0
+                self._committed[(topic, partition)] = committed
+            lag = max(0, high - committed)
+            lags[(topic, partition)] = lag
+            self._metrics.lag_records.labels(partition=str(partition)).set(lag)
+            self._metrics.lag_seconds.labels(partition=str(partition)).set(
+                self._seconds_to_send(lag)
+            )
+        return lags
+
+    # -- rebalances ------------------------------------------------------------------------
+    def _on_assigned(self, partitions: Partitions) -> None:
+        self.assigned = set(partitions)
+        self._metrics.assigned_partitions.set(len(self.assigned))
+        for _, partition in partitions:
+            self._metrics.lag_records.labels(partition=str(partition))
+            self._metrics.lag_seconds.labels(partition=str(partition))
+        log.info("partitions_assigned", partitions=sorted(p for _, p in partitions))
+
+    async def _on_revoked(self, partitions: Partitions) -> None:
+        if not partitions:
+            return
+        log.info("partitions_revoked", partitions=sorted(p for _, p in partitions))
+        await self._hooks.partitions_revoked(partitions)
+        await self.commit(partitions)
+        self._progress.forget(partitions)
+        for topic, partition in partitions:
+            self._committed.pop((topic, partition), None)
+            for gauge in (self._metrics.lag_records, self._metrics.lag_seconds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(str(partition))
+        self.assigned -= partitions
+        self._metrics.assigned_partitions.set(len(self.assigned))
