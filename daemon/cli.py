@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--customers", type=int, default=60, help="customers in the sample stream")
     demo.add_argument("--keep-going", action="store_true", help="keep running after catching up")
     demo.set_defaults(handler=_demo)
+
+    from daemon import operator_cli  # noqa: PLC0415 - argument definitions only
+
+    operator_cli.add_commands(commands)
     return parser
 
 
