@@ -6,7 +6,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help env test test-postgres lint format demo bench clean
+.PHONY: help env test lint format demo bench dashboard sync-rules clean
 
 help:
 	@echo "make demo   - run the daemon end to end on local stand-ins (broker, Postgres, sandbox)"
@@ -31,6 +31,7 @@ lint: env
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) python -m daemon.dashboard --check
 
 format: env
 	$(RUN) ruff format .
@@ -41,6 +42,14 @@ demo: env
 
 bench: env
 	$(RUN) python scripts/run_clean.py -- python -m bench $(BENCH_ARGS)
+
+# The dashboard is generated: edit daemon/dashboard.py, then run this.
+dashboard: env
+	$(RUN) python -m daemon.dashboard
+
+# The chart ships a byte-identical copy of the alert rules (a test checks it).
+sync-rules:
+	cp deploy/prometheus/alerts.yaml helm/pivotal-sync/files/prometheus/alerts.yaml
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis .run
