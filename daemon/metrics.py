@@ -20,6 +20,24 @@ METHODS = ("GET", "POST", "PATCH", "DELETE")
 ENDPOINTS = ("customers", "contacts", "onboardings", "me")
 STATUS_CLASSES = ("2xx", "4xx", "429", "5xx", "error")
 PAUSE_REASONS = ("auth", "server_errors")
+# Every reason the daemon itself gives a dead letter, created at zero so `increase()` sees the
+# first one. (http_<status> covers the 4xx Pivotal documents.)
+DEAD_LETTER_REASONS = (
+    "invalid_json",
+    "not_cloudevent",
+    "unknown_type",
+    "missing_customer",
+    "missing_key",
+    "invalid_field",
+    "missing_field",
+    "parent_missing",
+    "deleted_in_pivotal",
+    "slug_taken",
+    "bad_response",
+    "http_400",
+    "http_404",
+    "http_409",
+)
 # Latency buckets for a SaaS API: tens of ms to the 10 s client timeout.
 DURATION_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CHECKPOINT_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -172,5 +190,7 @@ class Metrics:
                     self.requests.labels(method=method, endpoint=endpoint, status_class=status)
         for reason in PAUSE_REASONS:
             self.paused.labels(reason=reason)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason=reason)
         for reason in ("rate_limited", "server_error", "network", "conflict_in_flight"):
             self.retries.labels(reason=reason)
