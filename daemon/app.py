@@ -80,7 +80,8 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
         import uvloop  # noqa: PLC0415 - optional speed-up, installed with uvicorn[standard]
     except ImportError:
         return asyncio.run(main)
-    return asyncio.run(main, loop_factory=uvloop.new_event_loop)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 class Daemon:
@@ -323,9 +324,7 @@ class _Rebalance:
         started = time.monotonic()
         finished = await self._dispatcher.wait_until_idle(partitions, self._timeout)
         await asyncio.wait_for(self._recorder.flush(), FINAL_FLUSH_TIMEOUT_SECONDS)
-        dropped = self._scheduler.drop(
-            lambda event: (event.record.topic, event.record.partition) in partitions
-        )
+        dropped = self._scheduler.drop_partitions(partitions)
         # They were never finished here: the next owner (maybe us again) must see them as new.
         self._intake.release(dropped)
         log.info(

@@ -152,10 +152,15 @@ class Dispatcher:
         self._probe: asyncio.Task[None] | None = None
 
     # -- intake side -----------------------------------------------------------------------
-    def submit(self, event: Event) -> None:
-        self._scheduler.add(event, self._clock())
+    def submit(self, event: Event) -> bool:
+        """Queue `event` in its lane; False if it is stale (nothing queued)."""
+        state = self._entities.get(event.entity)
+        applied = state.last_sequence if state is not None else None
+        if not self._scheduler.add(event, self._clock(), applied):
+            return False
         self._update_gauges()
         self._changed.set()
+        return True
 
     @property
     def auth_paused(self) -> bool:
@@ -437,7 +442,7 @@ class Dispatcher:
                     response_body=response.body_excerpt(),
                 )
             )
-        return data["id"]
+        return str(data["id"])
 
     def _next_state(
         self,

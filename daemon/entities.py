@@ -42,15 +42,12 @@ class EntityStore(Protocol):
 
 
 class EntityCache:
-    """Entity states and intents by key, plus the newest `sequence` accepted per entity."""
+    """Entity states and create intents by key."""
 
     def __init__(self) -> None:
         self._states: dict[EntityKey, EntityState] = {}
         self._intents: dict[EntityKey, Intent] = {}
         self._loaded: set[EntityKey] = set()
-        # Highest sequence admitted into the pipeline (applied or still waiting): an event at or
-        # below it is stale even if the newer one has not been sent yet.
-        self._sequences: dict[EntityKey, int] = {}
 
     async def load(self, store: EntityStore, keys: Iterable[EntityKey]) -> None:
         """Fetch from Postgres the entities not seen yet (one query each for states, intents)."""
@@ -63,9 +60,6 @@ class EntityCache:
             self._loaded.add(key)
             if key in states:
                 self._states[key] = states[key]
-                sequence = states[key].last_sequence
-                if sequence is not None:
-                    self._sequences[key] = max(sequence, self._sequences.get(key, sequence))
             if key in intents:
                 self._intents[key] = intents[key]
 
@@ -96,22 +90,11 @@ class EntityCache:
     def clear_intent(self, key: EntityKey) -> None:
         self._intents.pop(key, None)
 
-    def admit_sequence(self, key: EntityKey, sequence: int | None) -> bool:
-        """Record `sequence` for `key`; False if it is stale (not newer than one admitted)."""
-        if sequence is None:
-            return True
-        newest = self._sequences.get(key)
-        if newest is not None and sequence <= newest:
-            return False
-        self._sequences[key] = sequence
-        return True
-
     def forget(self, keys: Iterable[EntityKey]) -> None:
         """Drop what is cached for `keys`; the next `load` reads Postgres again."""
         for key in keys:
             self._states.pop(key, None)
             self._intents.pop(key, None)
-            self._sequences.pop(key, None)
             self._loaded.discard(key)
 
     def __len__(self) -> int:

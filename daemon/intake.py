@@ -2,8 +2,8 @@
 
 For each record, in offset order: track its offset; parse it (invalid → dead letter, no
 request); skip it if its event id is finished already (the checkpoint table, or an earlier
-copy still in the pipeline); skip it if its `sequence` is not newer than one admitted for the
-same entity; otherwise hand it to the dispatcher. Postgres is asked once per batch, not once
+copy still in the pipeline); otherwise hand it to the dispatcher, which refuses it if its `sequence` is not newer than
+one applied or waiting for the same entity (stale). Postgres is asked once per batch, not once
 per record.
 """
 
@@ -87,10 +87,8 @@ class Intake:
                 fresh.append(item)
         await self._entities.load(self._store, self._keys(fresh))
         for event in fresh:
-            if not self._entities.admit_sequence(event.entity, event.sequence):
+            if not self._dispatcher.submit(event):
                 self._recorder.add([self._skip(event.id, event.record, event, Outcome.STALE)])
-            else:
-                self._dispatcher.submit(event)
 
     @staticmethod
     def _id(record: RecordRef, item: Event | InvalidEventError) -> str:

@@ -36,7 +36,7 @@ async def test_a_stream_reaches_the_exact_final_state_without_duplicates(
             dead = await store.dead_letters(limit=1000)
         assert summary.dead_letters.get("invalid_json", 0) >= 1
         assert len(dead) == expected.invalid == 20
-        assert all(row.reason and row.value is not None for row in dead)
+        assert all(row.dead_letter.reason and row.record.value is not None for row in dead)
         # Coalescing: far fewer requests than events.
         assert stats["requests_total"] < expected.valid * 0.8
 
