@@ -232,6 +232,8 @@ class Daemon:
             bootstrap_servers=s.kafka_bootstrap_servers,
             topic=s.kafka_topic,
             group_id=s.kafka_group_id,
+            session_timeout_ms=s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
             progress=progress,
             metrics=metrics,
             handler=intake.admit,

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_topic: str = "crm.customers"
     kafka_group_id: str = "pivotal-sync"
+    # Consumer group liveness. Kafka's defaults; lower them only on a broker that allows it
+    # (the local tansu stand-in does, and the demo and tests use 1 s to rebalance quickly).
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=500)
+    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     # Optional topic that receives a copy of every dead-lettered record (Postgres always does).
     kafka_dead_letter_topic: str | None = None
     database_url: str | None = None

@@ -22,7 +22,7 @@ from typing import Any
 from daemon.checkpoints import CheckpointStore
 from daemon.samples import StreamSpec, compare, expected_state, generate, publish
 from daemon.sandbox.testing import SandboxAdmin, running_sandbox
-from daemon.stack import DaemonProcess, committed_offsets, daemon_env
+from daemon.stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
 from daemon.standins import Broker, Postgres, create_database, drop_database
 
 DEMO_KEY = "pivotal_demo_key_0001"
@@ -83,6 +83,7 @@ async def _run(
         api_url=f"{sandbox_url}/api/v1",
         api_key=DEMO_KEY,
         RATE_LIMIT_PER_MINUTE=str(DEMO_LIMIT * 60 / DEMO_WINDOW_SECONDS),
+        **broker_settings(broker),
     )
     daemon = DaemonProcess(env, workdir / "daemon.log")
     admin = SandboxAdmin(sandbox_url)

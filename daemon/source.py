@@ -58,6 +58,8 @@ class Source:
         bootstrap_servers: str,
         topic: str,
         group_id: str,
+        session_timeout_ms: int,
+        heartbeat_interval_ms: int,
         progress: Progress,
         metrics: Metrics,
         handler: Callable[[Sequence[RecordRef]], Awaitable[None]],
@@ -70,6 +72,8 @@ class Source:
         self._bootstrap = bootstrap_servers
         self._topic = topic
         self._group_id = group_id
+        self._session_timeout_ms = session_timeout_ms
+        self._heartbeat_interval_ms = heartbeat_interval_ms
         self._progress = progress
         self._metrics = metrics
         self._handler = handler
@@ -99,6 +103,8 @@ class Source:
                 # transactional records (if the CRM uses transactions) out.
                 isolation_level="read_committed",
                 client_id="pivotal-sync",
+                session_timeout_ms=self._session_timeout_ms,
+                heartbeat_interval_ms=self._heartbeat_interval_ms,
             )
             try:
                 await consumer.start()

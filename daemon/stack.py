@@ -23,7 +23,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.standins import free_port
+from daemon.standins import Broker, free_port
 
 STOP_TIMEOUT_SECONDS = 30.0
 READY_TIMEOUT_SECONDS = 60.0
@@ -125,6 +125,11 @@ class DaemonProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def broker_settings(broker: Broker) -> dict[str, str]:
+    """The consumer settings a daemon needs for `broker` (fast group joins on tansu)."""
+    return {f"KAFKA_{name.upper()}": str(value) for name, value in broker.group_timeouts.items()}
 
 
 def daemon_env(

@@ -92,13 +92,32 @@ def main(argv: list[str]) -> int:
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)
 
-    signal.signal(signal.SIGINT, forward)
+    # Ctrl-C already reaches the whole foreground process group, the command included; a
+    # second SIGINT forwarded from here would interrupt its clean-up. SIGTERM (from a CI
+    # runner or `kill`) reaches only us, so it is forwarded.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, forward)
     try:
-        code = child.wait()
+        status = _wait_reaping(child.pid)
+        child.returncode = os.waitstatus_to_exitcode(status)
     finally:
         _reap_all()
-    return code
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)  # the shell's convention, e.g. 130 for SIGINT
+    return os.waitstatus_to_exitcode(status)
+
+
+def _wait_reaping(pid: int) -> int:
+    """Wait for `pid`, reaping re-parented orphans as they exit so no zombies pile up."""
+    while True:
+        try:
+            reaped, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        if reaped == pid:
+            return status
 
 
 if __name__ == "__main__":

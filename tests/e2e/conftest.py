@@ -19,7 +19,7 @@ import pytest
 from daemon.checkpoints import CheckpointStore
 from daemon.samples import ExpectedState, Message, compare, expected_state, publish
 from daemon.sandbox.testing import SandboxAdmin, running_sandbox
-from daemon.stack import DaemonProcess, committed_offsets, daemon_env
+from daemon.stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
 from daemon.standins import Broker, create_database, drop_database
 from tests.fixtures.kafka import MakeTopic
 
@@ -49,7 +49,12 @@ class Scenario:
             database_url=self.database_url,
             api_url=f"{self.sandbox_url}/api/v1",
             api_key=E2E_KEY,
-            **{"DRAIN_TIMEOUT_SECONDS": "5", "AUTH_PROBE_INTERVAL_SECONDS": "1", **settings},
+            **{
+                "DRAIN_TIMEOUT_SECONDS": "5",
+                "AUTH_PROBE_INTERVAL_SECONDS": "1",
+                **broker_settings(self.broker),
+                **settings,
+            },
         )
         daemon = DaemonProcess(env, self.workdir / f"daemon-{len(self.daemons)}.log")
         self.daemons.append(daemon)
