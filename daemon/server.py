@@ -26,6 +26,9 @@ ReadinessCheck = Callable[[], list[str]]
 
 def create_app(metrics: Metrics, readiness: ReadinessCheck) -> Starlette:
     async def metrics_endpoint(_: Request) -> Response:
+        # Readiness as of this scrape, not of the last probe: without a kubelet probing
+        # /readyz (compose, a plain VM) the gauge would otherwise stay 0 forever.
+        metrics.ready.set(0 if readiness() else 1)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def livez(_: Request) -> Response:
