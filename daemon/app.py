@@ -191,6 +191,7 @@ class Daemon:
                 initial_rate_per_minute=s.rate_limit_per_minute,
                 max_in_flight=s.max_in_flight,
                 metrics=metrics,
+                window_seconds=s.rate_limit_window_seconds,
             )
             api, pacer = client, limiter
         progress = Progress()
@@ -225,6 +226,7 @@ class Daemon:
             recorder=recorder,
             progress=progress,
             metrics=metrics,
+            stop=self.stop,
         )
         recorder.on_durable = intake.forget
         rebalance = _Rebalance(dispatcher, recorder, scheduler, intake, s.drain_timeout_seconds)

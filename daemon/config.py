@@ -47,9 +47,7 @@ class Settings(BaseSettings):
     )
 
     # The key, from PIVOTAL_API_KEY (the name Pivotal's docs use) or read from PIVOTAL_API_KEY_FILE.
-    api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices(API_KEY_VARIABLE)
-    )
+    api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices(API_KEY_VARIABLE))
     api_key_file: Path | None = Field(
         default=None, validation_alias=AliasChoices(API_KEY_FILE_VARIABLE)
     )
@@ -67,6 +65,9 @@ class Settings(BaseSettings):
     http_port: int = Field(default=9000, ge=0, le=65535)
     # The limiter's first guess; it learns the real limit from Pivotal's headers.
     rate_limit_per_minute: float = Field(default=60.0, gt=0)
+    # Length of Pivotal's sliding window (60 s). The limiter learns it when it runs alone; when
+    # replicas share a key it cannot, so this hint matters (the sandbox can compress it).
+    rate_limit_window_seconds: float = Field(default=60.0, gt=0, le=3600)
     # Upper bound on requests in flight; the limiter adapts below it with latency.
     max_in_flight: int = Field(default=16, ge=1, le=1024)
     request_timeout_seconds: float = Field(default=10.0, gt=0)

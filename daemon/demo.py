@@ -83,6 +83,7 @@ async def _run(
         api_url=f"{sandbox_url}/api/v1",
         api_key=DEMO_KEY,
         RATE_LIMIT_PER_MINUTE=str(DEMO_LIMIT * 60 / DEMO_WINDOW_SECONDS),
+        RATE_LIMIT_WINDOW_SECONDS=str(DEMO_WINDOW_SECONDS),
         **broker_settings(broker),
     )
     daemon = DaemonProcess(env, workdir / "daemon.log")

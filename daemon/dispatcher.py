@@ -32,6 +32,7 @@ from daemon.metrics import Metrics, status_class
 from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
 from daemon.pivotal import IN_FLIGHT_CONFLICT_CODE, ApiResponse
 from daemon.recorder import Recorder, backoff_seconds
+from daemon.retrying import StoppedWaiting, through_outages
 from daemon.scheduler import Scheduler, Work
 
 RETRY_BASE_SECONDS = 0.5
@@ -148,6 +149,8 @@ class Dispatcher:
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._stopping = False
+        # Set with _stopping; lets a wait for Postgres end at shutdown.
+        self._stop = asyncio.Event()
         self._running: dict[int, Work] = {}
         self._probe: asyncio.Task[None] | None = None
 
@@ -193,6 +196,7 @@ class Dispatcher:
         orphans = asyncio.create_task(self._expire_orphans_forever(), name="orphans")
         await stop.wait()
         self._stopping = True
+        self._stop.set()
         self._changed.set()
         done, pending = await asyncio.wait(workers, timeout=drain_timeout_seconds)
         for task in [*pending, orphans, *([self._probe] if self._probe else [])]:
@@ -373,7 +377,13 @@ class Dispatcher:
         )
         # Durable before the POST leaves: see entities.py for why.
         if self._intents is not None:
-            await self._intents.save_intent(intent)
+            intents = self._intents
+            try:
+                await through_outages(
+                    lambda: intents.save_intent(intent), self._stop, "save_intent"
+                )
+            except StoppedWaiting:
+                raise Abandoned from None
         self._entities.set_intent(intent)
         return intent
 

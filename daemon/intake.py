@@ -1,14 +1,16 @@
 """Admission: a batch of Kafka records becomes scheduled events or immediate outcomes.
 
 For each record, in offset order: track its offset; parse it (invalid → dead letter, no
-request); skip it if its event id is finished already (the checkpoint table, or an earlier
-copy still in the pipeline); otherwise hand it to the dispatcher, which refuses it if its `sequence` is not newer than
-one applied or waiting for the same entity (stale). Postgres is asked once per batch, not once
-per record.
+request); skip it if its event id is finished already (the checkpoint table; a copy of an id
+still in the pipeline waits for the original to be durable); otherwise hand it to the
+dispatcher, which refuses it if its `sequence` is not newer than one applied or waiting for
+the same entity (stale). Postgres is asked once per batch, not once per record, and an outage
+pauses admission instead of crashing it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -22,6 +24,7 @@ from daemon.metrics import Metrics
 from daemon.outcomes import DeadLetter, Finished, Outcome
 from daemon.progress import Progress
 from daemon.recorder import Recorder
+from daemon.retrying import StoppedWaiting, through_outages
 
 log = structlog.get_logger("pivotal_sync.intake")
 
@@ -40,6 +43,7 @@ class Intake:
         recorder: Recorder,
         progress: Progress,
         metrics: Metrics,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self._store = store
         self._entities = entities
@@ -49,20 +53,47 @@ class Intake:
         self._metrics = metrics
         # Ids admitted but not durable yet: a second copy in the stream is a duplicate too.
         self._in_pipeline: set[str] = set()
+        # Later copies of an in-pipeline id, waiting for the first to be durable. They get no
+        # checkpoint row of their own: a "duplicate" row written before the original's outcome
+        # would, after a crash, make the restart skip the original — a lost event.
+        self._copies: dict[str, list[RecordRef]] = {}
+        self._stop = stop if stop is not None else asyncio.Event()
 
     def forget(self, finished: Sequence[Finished]) -> None:
-        """Called once outcomes are durable: the checkpoint table answers for them now."""
+        """Called once outcomes are durable: the checkpoint table answers for them now, so
+        copies of them that waited are finished too (as duplicates, no request)."""
+        released: list[Finished] = []
         for item in finished:
             self._in_pipeline.discard(item.event_id)
+            for record in self._copies.pop(item.event_id, ()):
+                released.append(
+                    Finished(
+                        event_id=item.event_id,
+                        record=record,
+                        outcome=Outcome.DUPLICATE,
+                        entity=item.entity,
+                    )
+                )
+        if released:
+            self._recorder.add_durable(released)
 
     def release(self, events: Sequence[Event]) -> None:
         """Events dropped unfinished (their partition was revoked): forget we admitted them,
         and reload their entities from Postgres when they come back."""
         for event in events:
             self._in_pipeline.discard(event.id)
+            self._copies.pop(event.id, None)
         self._entities.forget({e.entity for e in events})
 
     async def admit(self, records: Sequence[RecordRef]) -> None:
+        try:
+            await self._admit(records)
+        except StoppedWaiting:
+            # Shutting down during a Postgres outage: these records stay unfinished, so their
+            # offsets are not committed and they are delivered again after the restart.
+            log.info("intake_abandoned", records=len(records))
+
+    async def _admit(self, records: Sequence[RecordRef]) -> None:
         parsed: list[tuple[RecordRef, Event | InvalidEventError]] = []
         for record in records:
             self._progress.track(record.topic, record.partition, record.offset)
@@ -72,20 +103,27 @@ class Intake:
             except InvalidEventError as exc:
                 parsed.append((record, exc))
         ids = [self._id(record, item) for record, item in parsed]
-        done = await self._store.finished_ids(ids) if ids else set()
+        done = (
+            await through_outages(lambda: self._store.finished_ids(ids), self._stop, "finished_ids")
+            if ids
+            else set()
+        )
         fresh: list[Event] = []
         for (record, item), event_id in zip(parsed, ids, strict=True):
             if event_id in done:
                 self._recorder.add_durable([self._skip(event_id, record, item, Outcome.DUPLICATE)])
             elif event_id in self._in_pipeline:
-                self._recorder.add([self._skip(event_id, record, item, Outcome.DUPLICATE)])
+                self._copies.setdefault(event_id, []).append(record)
             elif isinstance(item, InvalidEventError):
                 self._in_pipeline.add(event_id)
                 self._recorder.add([self._invalid(event_id, record, item)])
             else:
                 self._in_pipeline.add(event_id)
                 fresh.append(item)
-        await self._entities.load(self._store, self._keys(fresh))
+        keys = self._keys(fresh)
+        await through_outages(
+            lambda: self._entities.load(self._store, keys), self._stop, "load_entities"
+        )
         for event in fresh:
             if not self._dispatcher.submit(event):
                 self._recorder.add([self._skip(event.id, event.record, event, Outcome.STALE)])

@@ -37,6 +37,7 @@ class Scenario:
     sandbox_url: str
     admin: SandboxAdmin
     workdir: Path
+    window: int = 10
     daemons: list[DaemonProcess] = field(default_factory=list)
     ends: dict[int, int] = field(default_factory=dict)
     messages: list[Message] = field(default_factory=list)
@@ -52,6 +53,7 @@ class Scenario:
             **{
                 "DRAIN_TIMEOUT_SECONDS": "5",
                 "AUTH_PROBE_INTERVAL_SECONDS": "1",
+                "RATE_LIMIT_WINDOW_SECONDS": str(self.window),
                 **broker_settings(self.broker),
                 **settings,
             },
@@ -121,6 +123,7 @@ def scenario(
                     sandbox_url=url,
                     admin=admin,
                     workdir=tmp_path,
+                    window=window,
                 )
                 try:
                     yield s

@@ -296,13 +296,6 @@ async def test_readyz_follows_postgres_going_away_and_coming_back_and_the_stream
     await postgres_outage(scenario, publish_during_outage=False)
 
 
-@pytest.mark.xfail(
-    reason="defect: Intake.admit's Postgres read (finished_ids) raises out of the source task, "
-    "so the daemon exits 1 when records arrive while Postgres is down (DESIGN: never a crash "
-    "loop); remove this mark when fixed",
-    raises=AssertionError,
-    strict=True,
-)
 async def test_records_arriving_while_postgres_is_down_are_finished_once_it_is_back(
     scenario: ScenarioFactory,
 ) -> None:
