@@ -15,7 +15,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import asyncpg
@@ -24,11 +24,13 @@ import structlog
 from daemon import logs
 from daemon.checkpoints import CheckpointStore
 from daemon.config import Settings, SlugConflictPolicy, load_settings
+from daemon.deadletter_topic import DeadLetterTopic
 from daemon.dispatcher import Api, Dispatcher, Pacer
 from daemon.dryrun import DryRunApi, UnlimitedPacer
 from daemon.entities import EntityCache
 from daemon.intake import Intake
 from daemon.metrics import Metrics
+from daemon.outcomes import Finished
 from daemon.pivotal import PivotalClient
 from daemon.progress import Progress
 from daemon.ratelimit import RateLimiter
@@ -94,6 +96,7 @@ class Daemon:
         self.store: CheckpointStore | None = None
         self.source: Source | None = None
         self.dispatcher: Dispatcher | None = None
+        self.dead_letter_topic: DeadLetterTopic | None = None
         self.database_ok = False
         self.starting = True
 
@@ -228,7 +231,21 @@ class Daemon:
             metrics=metrics,
             stop=self.stop,
         )
-        recorder.on_durable = intake.forget
+        dlq = (
+            DeadLetterTopic(
+                bootstrap_servers=s.kafka_bootstrap_servers, topic=s.kafka_dead_letter_topic
+            )
+            if s.kafka_dead_letter_topic and not s.dry_run
+            else None
+        )
+
+        def durable(finished: Sequence[Finished]) -> None:
+            intake.forget(finished)
+            if dlq is not None:
+                dlq.forward(finished)
+
+        recorder.on_durable = durable
+        self.dead_letter_topic = dlq
         rebalance = _Rebalance(dispatcher, recorder, scheduler, intake, s.drain_timeout_seconds)
         source = Source(
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -266,6 +283,12 @@ class Daemon:
         )
         recording = asyncio.create_task(recorder.run(recorder_stop), name="recorder")
         checking = asyncio.create_task(self._check_database(store), name="db-check")
+        dlq_stop = asyncio.Event()
+        dlq = (
+            asyncio.create_task(self.dead_letter_topic.run(dlq_stop), name="dead-letter-topic")
+            if self.dead_letter_topic is not None
+            else None
+        )
         stopper = asyncio.create_task(self.stop.wait())
         done, _ = await asyncio.wait(
             [fetching, working, recording, stopper], return_when=asyncio.FIRST_COMPLETED
@@ -288,6 +311,9 @@ class Daemon:
         except Exception:
             code = 1
         checking.cancel()
+        dlq_stop.set()
+        if dlq is not None:
+            await asyncio.gather(dlq, return_exceptions=True)
         await source.close()
         log.info("stopped", exit_code=code)
         return code

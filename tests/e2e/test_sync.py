@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import random
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from daemon.samples import StreamSpec, generate
 from tests.e2e.conftest import ScenarioFactory
+from tests.fixtures.kafka import MakeTopic
 
 STREAM = StreamSpec(customers=300, malformed=20, seed=11)
 
@@ -81,3 +84,35 @@ async def test_a_flaky_slow_api_still_gets_the_exact_state(scenario: ScenarioFac
         stats = s.admin.stats()
         assert stats["duplicates"] == []
         assert stats["by_status"].get("503", 0) > 0
+
+
+async def test_dead_letters_are_copied_to_the_dead_letter_topic_when_one_is_set(
+    scenario: ScenarioFactory, make_topic: MakeTopic
+) -> None:
+    dlq = await make_topic(1)
+    async with scenario() as s:
+        expected = await s.publish(generate(StreamSpec(customers=20, malformed=6, prefix="dlq")))
+        s.start_daemon(KAFKA_DEAD_LETTER_TOPIC=dlq)
+        await s.wait_caught_up()
+        copies = await read_topic(s.broker.bootstrap_servers, dlq, expected.invalid)
+    assert len(copies) == expected.invalid == 6
+    for headers in copies:
+        assert headers["pivotal-sync-reason"]
+        assert headers["pivotal-sync-event-id"].startswith(b"record:")
+
+
+async def read_topic(bootstrap: str, topic: str, wanted: int) -> list[dict[str, bytes]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.seek_to_beginning()
+        found: list[dict[str, bytes]] = []
+        for _ in range(40):
+            batches = await consumer.getmany(timeout_ms=250)
+            found += [dict(r.headers) for batch in batches.values() for r in batch]
+            if len(found) >= wanted:
+                break
+        return found
+    finally:
+        await consumer.stop()

@@ -1,0 +1,73 @@
+"""The optional dead-letter topic: a copy of every dead-lettered record, for Kafka tooling.
+
+Postgres stays the record of dead letters (with status and response body, and what the
+operator tools read); this topic carries the original key, value and headers plus
+`pivotal-sync-reason` / `pivotal-sync-detail` / `pivotal-sync-status` headers, so that
+consumers without database access (alerting, a data lake) see them too. Copies are sent after
+the dead letter is durable, at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from daemon.outcomes import Finished
+
+SEND_RETRY_SECONDS = 1.0
+
+log = structlog.get_logger("pivotal_sync.dead_letter_topic")
+
+
+class DeadLetterTopic:
+    def __init__(self, *, bootstrap_servers: str, topic: str) -> None:
+        self._topic = topic
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers, acks="all", client_id="pivotal-sync-dlq"
+        )
+        self._queue: asyncio.Queue[Finished] = asyncio.Queue()
+
+    def forward(self, finished: Sequence[Finished]) -> None:
+        """Queue the dead letters among `finished` (called when they are durable)."""
+        for item in finished:
+            if item.dead_letter is not None:
+                self._queue.put_nowait(item)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._producer.start()
+        try:
+            while not (stop.is_set() and self._queue.empty()):
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), 0.5)
+                except TimeoutError:
+                    continue
+                await self._send(item, stop)
+        finally:
+            await self._producer.stop()
+
+    async def _send(self, item: Finished, stop: asyncio.Event) -> None:
+        assert item.dead_letter is not None
+        letter = item.dead_letter
+        headers = [
+            *item.record.headers,
+            ("pivotal-sync-reason", letter.reason.encode()),
+            ("pivotal-sync-detail", letter.detail[:1000].encode()),
+            ("pivotal-sync-event-id", item.event_id.encode()),
+        ]
+        if letter.status is not None:
+            headers.append(("pivotal-sync-status", str(letter.status).encode()))
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    self._topic, key=item.record.key, value=item.record.value, headers=headers
+                )
+                return
+            except KafkaError as exc:
+                log.warning("dead_letter_topic_send_failed", error=type(exc).__name__)
+                if stop.is_set():
+                    return  # Postgres holds it; the topic copy is best effort at shutdown
+                await asyncio.sleep(SEND_RETRY_SECONDS)
