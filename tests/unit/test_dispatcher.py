@@ -1,0 +1,306 @@
+"""The dispatcher against the in-process sandbox: which request each work becomes, and what
+becomes of each answer (done, retried, paused, dead-lettered). No sockets: ASGITransport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from daemon.dispatcher import Dispatcher, idempotency_key
+from daemon.entities import EntityCache, Intent
+from daemon.events import EntityKey, EntityKind, Event, RecordRef, parse_record
+from daemon.metrics import Metrics
+from daemon.outcomes import EntityState, Finished, Outcome
+from daemon.pivotal import PivotalClient
+from daemon.progress import Progress
+from daemon.ratelimit import RateLimiter
+from daemon.recorder import Recorder
+from daemon.scheduler import Scheduler
+from tests.fixtures.sandbox import PAID_KEY, SandboxApp
+
+SOURCE = "pivotal-sync-test"
+
+
+@dataclass
+class MemoryStore:
+    """Stands in for Postgres: keeps what the recorder and the dispatcher write."""
+
+    finished: list[Finished] = field(default_factory=list)
+    entities: dict[EntityKey, EntityState] = field(default_factory=dict)
+    intents: list[Intent] = field(default_factory=list)
+
+    async def record(self, finished: Sequence[Finished], entities: Sequence[EntityState]) -> None:
+        self.finished += finished
+        self.entities.update({e.key: e for e in entities})
+
+    async def save_intent(self, intent: Intent) -> None:
+        self.intents.append(intent)
+
+    def outcomes(self) -> dict[str, str]:
+        return {f.event_id: f.outcome.value for f in self.finished}
+
+
+@dataclass
+class Harness:
+    sandbox: SandboxApp
+    dispatcher: Dispatcher
+    scheduler: Scheduler
+    entities: EntityCache
+    recorder: Recorder
+    store: MemoryStore
+    offsets: int = 0
+
+    def event(self, type_: str, subject: str, data: dict[str, Any] | None = None) -> Event:
+        self.offsets += 1
+        body = {
+            "specversion": "1.0",
+            "id": f"evt-{self.offsets}",
+            "source": "crm/test",
+            "type": type_,
+            "subject": subject,
+        }
+        if data is not None:
+            body["data"] = data
+        key = (data or {}).get("customer", subject)
+        record = RecordRef(
+            topic="t",
+            partition=0,
+            offset=self.offsets,
+            key=key.encode(),
+            value=json.dumps(body).encode(),
+        )
+        return parse_record(record)
+
+    def submit(self, *events: Event) -> None:
+        for event in events:
+            assert self.dispatcher.submit(event)
+
+    async def drain(self) -> None:
+        """Wait until every submitted event is finished and recorded."""
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if self.scheduler.pending_events == 0 and not self.dispatcher.in_flight_partitions():
+                break
+        await self.recorder.flush()
+
+    async def records(self, kind: str) -> list[dict[str, Any]]:
+        answer = await self.sandbox.api.client.get(f"/_sandbox/records?kind={kind}")
+        rows: list[dict[str, Any]] = answer.json()[f"{kind}s"]
+        return rows
+
+    async def requests(self) -> list[str]:
+        answer = await self.sandbox.api.client.get("/_sandbox/requests")
+        return [f"{r['method']} {r['status']}" for r in answer.json()["requests"]]
+
+
+@pytest.fixture
+async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
+    transport = httpx.ASGITransport(app=sandbox_app.app)
+    client = PivotalClient(
+        base_url="http://sandbox/api/v1", api_key=SecretStr(PAID_KEY), transport=transport
+    )
+    store = MemoryStore()
+    scheduler, entities, metrics = Scheduler(), EntityCache(), Metrics()
+    progress = Progress()
+    recorder = Recorder(
+        store=store, progress=progress, metrics=metrics, flush_interval_seconds=0.01, batch_size=100
+    )
+    dispatcher = Dispatcher(
+        api=client,
+        pacer=RateLimiter(initial_rate_per_minute=6000, max_in_flight=8, metrics=metrics),
+        scheduler=scheduler,
+        entities=entities,
+        recorder=recorder,
+        intents=store,
+        metrics=metrics,
+        workers=4,
+        record_source=SOURCE,
+        adopt_slug_conflicts=True,
+        parent_timeout_seconds=60,
+        auth_probe_interval_seconds=0.05,
+    )
+    # Progress must know the offsets the recorder will release.
+    original_submit = dispatcher.submit
+
+    def tracked_submit(event: Event) -> bool:
+        progress.track(event.record.topic, event.record.partition, event.record.offset)
+        return original_submit(event)
+
+    dispatcher.submit = tracked_submit  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop, 5.0))
+    yield Harness(sandbox_app, dispatcher, scheduler, entities, recorder, store)
+    stop.set()
+    await running
+    await client.aclose()
+
+
+async def test_an_unknown_customer_is_created_once_with_traceable_metadata(
+    harness: Harness,
+) -> None:
+    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora", "slug": "aurora"}))
+    await harness.drain()
+    (customer,) = await harness.records("customer")
+    assert customer["name"] == "Aurora"
+    assert customer["metadata"] == {"external_id": "cus_1", "source": SOURCE}
+    assert harness.store.outcomes() == {"evt-1": "sent"}
+    assert harness.store.intents[0].idempotency_key == idempotency_key(
+        EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1"), "evt-1"
+    )
+
+
+async def test_a_create_and_three_waiting_updates_cost_one_request(harness: Harness) -> None:
+    harness.submit(
+        harness.event("customer.created", "cus_1", {"name": "Aurora"}),
+        *(harness.event("customer.updated", "cus_1", {"mrr": n}) for n in (1, 2, 3)),
+    )
+    await harness.drain()
+    assert await harness.requests() == ["POST 201"]
+    (customer,) = await harness.records("customer")
+    assert customer["mrr"] == 3
+    outcomes = harness.store.outcomes()
+    assert sorted(outcomes.values()) == ["coalesced", "coalesced", "coalesced", "sent"]
+
+
+async def test_a_contact_is_created_under_its_customers_pivotal_id(harness: Harness) -> None:
+    harness.submit(
+        harness.event(
+            "contact.created", "ct_1", {"customer": "cus_1", "name": "Ann", "email": "A@x.io"}
+        ),
+        harness.event("customer.created", "cus_1", {"name": "Aurora"}),
+    )
+    await harness.drain()
+    (customer,) = await harness.records("customer")
+    (contact,) = await harness.records("contact")
+    assert contact["customer_id"] == customer["id"]
+    assert contact["email"] == "a@x.io"
+
+
+async def test_a_taken_slug_adopts_the_existing_customer_and_patches_it(harness: Harness) -> None:
+    existing = await harness.sandbox.api.customer("Made By Hand", slug="aurora")
+    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora", "slug": "aurora"}))
+    await harness.drain()
+    (customer,) = await harness.records("customer")
+    assert customer["id"] == existing["id"]
+    assert customer["name"] == "Aurora"
+    assert customer["metadata"]["external_id"] == "cus_1"
+    assert (
+        harness.entities.pivotal_id(EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1"))
+        == existing["id"]
+    )
+    assert await harness.requests() == ["POST 201", "POST 409", "GET 200", "PATCH 200"]
+
+
+async def test_a_create_without_a_name_is_dead_lettered_without_a_request(harness: Harness) -> None:
+    harness.submit(harness.event("customer.updated", "cus_1", {"mrr": 5}))
+    await harness.drain()
+    assert await harness.requests() == []
+    (finished,) = harness.store.finished
+    assert finished.dead_letter is not None
+    assert finished.dead_letter.reason == "missing_field"
+
+
+async def test_a_delete_of_what_pivotal_never_had_costs_no_request(harness: Harness) -> None:
+    harness.submit(harness.event("customer.deleted", "cus_1"))
+    await harness.drain()
+    assert await harness.requests() == []
+    assert harness.store.outcomes() == {"evt-1": "noop"}
+
+
+async def test_an_update_of_a_customer_deleted_by_hand_is_dead_lettered_and_forgotten(
+    harness: Harness,
+) -> None:
+    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora"}))
+    await harness.drain()
+    (customer,) = await harness.records("customer")
+    await harness.sandbox.api.delete(f"/customers/{customer['id']}")
+    harness.submit(harness.event("customer.updated", "cus_1", {"mrr": 9}))
+    await harness.drain()
+    letter = harness.store.finished[-1].dead_letter
+    assert letter is not None
+    assert (letter.reason, letter.status) == ("deleted_in_pivotal", 404)
+    assert (
+        harness.entities.pivotal_id(EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1"))
+        is None
+    )
+
+
+async def test_a_rejected_field_is_dead_lettered_with_status_and_response_body(
+    harness: Harness,
+) -> None:
+    await harness.sandbox.api.client.post("/_sandbox/rules", json={"reject_field": "plan"})
+    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora", "plan": "gold"}))
+    await harness.drain()
+    letter = harness.store.finished[-1].dead_letter
+    assert letter is not None
+    assert (letter.reason, letter.status) == ("http_400", 400)
+    assert letter.response_body is not None and "plan" in letter.response_body
+
+
+async def test_server_errors_are_retried_and_never_dead_letter(harness: Harness) -> None:
+    await harness.sandbox.api.client.post(
+        "/_sandbox/faults", json={"fail_next": 2, "error_status": 503}
+    )
+    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora"}))
+    await harness.drain()
+    assert await harness.requests() == ["POST 503", "POST 503", "POST 201"]
+    assert harness.store.outcomes() == {"evt-1": "sent"}
+    assert len(await harness.records("customer")) == 1
+
+
+async def test_a_revoked_key_pauses_sending_until_the_probe_sees_it_work(harness: Harness) -> None:
+    await harness.sandbox.api.client.post(f"/_sandbox/keys/{PAID_KEY}/revoke")
+    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora"}))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if harness.dispatcher.auth_paused:
+            break
+    assert harness.dispatcher.auth_paused
+    await harness.sandbox.api.client.post(f"/_sandbox/keys/{PAID_KEY}/restore")
+    await harness.drain()
+    assert not harness.dispatcher.auth_paused
+    assert harness.store.outcomes() == {"evt-1": "sent"}
+    requests = await harness.requests()
+    # The refused POST, then only cheap probes until the key works, then the POST again.
+    assert requests[0] == "POST 401"
+    assert set(requests[1:-2]) <= {"GET 401"}
+    assert requests[-2:] == ["GET 200", "POST 201"]
+
+
+async def test_an_intent_left_by_a_crash_is_replayed_so_no_duplicate_appears(
+    harness: Harness,
+) -> None:
+    key = EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")
+    body = {"name": "Aurora", "metadata": {"external_id": "cus_1", "source": SOURCE}}
+    intent = Intent(
+        key=key, idempotency_key="pivotal-sync:customer:crashed", parent_id=None, body=body
+    )
+    # The first run's POST reached Pivotal; the run died before recording the outcome.
+    first = await harness.sandbox.api.post(
+        "/customers",
+        content=json.dumps(body, separators=(",", ":"), sort_keys=True),
+        headers={"Idempotency-Key": intent.idempotency_key, "Content-Type": "application/json"},
+    )
+    assert first.status_code == 201
+    harness.entities.set_intent(intent)
+    # After the restart more updates were coalesced into the same create.
+    harness.submit(
+        harness.event("customer.created", "cus_1", {"name": "Aurora"}),
+        harness.event("customer.updated", "cus_1", {"mrr": 7}),
+    )
+    await harness.drain()
+    (customer,) = await harness.records("customer")
+    assert customer["id"] == first.json()["id"]
+    assert customer["mrr"] == 7
+    assert outcome_of(harness.store.finished, "evt-2") is Outcome.SENT
+
+
+def outcome_of(finished: Sequence[Finished], event_id: str) -> Outcome:
+    return next(f.outcome for f in finished if f.event_id == event_id)
