@@ -11,6 +11,7 @@ Usage: python scripts/run_clean.py -- COMMAND [ARGS...]
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -53,11 +54,9 @@ def _descendants() -> list[int]:
 def _reap_all() -> None:
     pids = _descendants()
     for pid in pids:
-        try:
-            # SIGINT is Postgres' "fast shutdown"; everything else we start treats it as stop.
+        # SIGINT is Postgres' "fast shutdown"; everything else we start treats it as stop.
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + GRACE_SECONDS
     while time.monotonic() < deadline:
         try:
@@ -69,10 +68,8 @@ def _reap_all() -> None:
             return
         time.sleep(0.1)
     for pid in _descendants():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     try:
         while os.waitpid(-1, 0)[0] > 0:
             pass

@@ -59,7 +59,7 @@ class Harness:
 
     def event(self, type_: str, subject: str, data: dict[str, Any] | None = None) -> Event:
         self.offsets += 1
-        body = {
+        body: dict[str, Any] = {
             "specversion": "1.0",
             "id": f"evt-{self.offsets}",
             "source": "crm/test",
@@ -241,7 +241,8 @@ async def test_a_rejected_field_is_dead_lettered_with_status_and_response_body(
     letter = harness.store.finished[-1].dead_letter
     assert letter is not None
     assert (letter.reason, letter.status) == ("http_400", 400)
-    assert letter.response_body is not None and "plan" in letter.response_body
+    assert letter.response_body is not None
+    assert "plan" in letter.response_body
 
 
 async def test_server_errors_are_retried_and_never_dead_letter(harness: Harness) -> None:
