@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -33,7 +33,12 @@ class DaemonProcess:
     """One `pivotal-sync run` child process."""
 
     def __init__(
-        self, env: Mapping[str, str], log_path: Path, *, args: tuple[str, ...] = ()
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        args: tuple[str, ...] = (),
+        executable: Sequence[str] = (sys.executable, "-m", "daemon.cli"),
     ) -> None:
         self.port = int(env.get("PIVOTAL_SYNC_HTTP_PORT") or free_port())
         self.log_path = log_path
@@ -46,7 +51,7 @@ class DaemonProcess:
             "PYTHONUNBUFFERED": "1",
         }
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "daemon.cli", "run", *args],
+            [*executable, "run", *args],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

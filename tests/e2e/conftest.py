@@ -42,7 +42,9 @@ class Scenario:
     ends: dict[int, int] = field(default_factory=dict)
     messages: list[Message] = field(default_factory=list)
 
-    def start_daemon(self, **settings: str) -> DaemonProcess:
+    def start_daemon(
+        self, executable: Sequence[str] | None = None, **settings: str
+    ) -> DaemonProcess:
         env = daemon_env(
             bootstrap_servers=self.broker.bootstrap_servers,
             topic=self.topic,
@@ -58,7 +60,12 @@ class Scenario:
                 **settings,
             },
         )
-        daemon = DaemonProcess(env, self.workdir / f"daemon-{len(self.daemons)}.log")
+        log = self.workdir / f"daemon-{len(self.daemons)}.log"
+        daemon = (
+            DaemonProcess(env, log, executable=executable)
+            if executable
+            else DaemonProcess(env, log)
+        )
         self.daemons.append(daemon)
         return daemon
 
