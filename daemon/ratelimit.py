@@ -76,7 +76,7 @@ EPOCH_THRESHOLD_SECONDS = 1e9
 CLOCK_SKEW_TOLERANCE_SECONDS = 2.0
 # Re-use a freed slot this much later than the ledger says (plus the latency-jitter term).
 SLOT_SLACK_SECONDS = 0.005
-SLOT_SLACK_LATENCY_DEVIATIONS = 3.0
+SLOT_SLACK_LATENCY_DEVIATIONS = 1.5
 MAX_EXTRA_SLACK_SECONDS = 2.0
 EXTRA_SLACK_DECAY = 0.99
 # With sharers: keep this fraction of the limit free, and count at most this many sharers.
@@ -593,7 +593,14 @@ class RateLimiter:
                 self._sends, permit.sent_at - window - self._slot_slack(), 0, max(0, index + 1)
             )
         )
-        self._observe_foreign(now, float(max(0, counted - ours)))
+        # Requests sent after this one may reach the server before it (many in flight), so
+        # the server may already count any of our sends up to now: subtracting only those
+        # sent before this one would mistake our own reordered requests for another
+        # replica's and switch on the shared-key margin for nothing.
+        ours_by_now = len(self._sends) - bisect.bisect_right(
+            self._sends, permit.sent_at - window - self._slot_slack()
+        )
+        self._observe_foreign(now, float(max(0, counted - max(ours, ours_by_now))))
         if quota.reset_seconds is not None:
             self._reset_at = now + quota.reset_seconds
         if self._foreign >= 1:
