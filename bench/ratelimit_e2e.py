@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import tempfile
@@ -229,7 +230,7 @@ async def run_daemon(stack: Stack, scenario: Scenario, messages: list[Message]) 
                 database_url=database_url,
                 api_url=f"{url}/api/v1",
                 api_key=KEY,
-                LOG_LEVEL="warning",
+                LOG_LEVEL=os.environ.get("BENCH_DAEMON_LOG_LEVEL", "warning"),
                 RATE_LIMIT_WINDOW_SECONDS=str(int(WINDOW)),
                 AUTH_PROBE_INTERVAL_SECONDS=str(PROBE_INTERVAL_SECONDS),
                 **broker_settings(stack.broker),
@@ -465,6 +466,18 @@ def scenarios() -> list[Scenario]:
     ]
 
 
+def dump(directory: Path, scenario: Scenario, seen: Observed) -> None:
+    """The sandbox's request log of one side, times relative to its first request, one JSON
+    object per line: for looking at a timeline when a figure needs explaining."""
+    directory.mkdir(parents=True, exist_ok=True)
+    side = seen.side.replace(" ", "-")
+    start = seen.log[0].t if seen.log else 0.0
+    with (directory / f"{scenario.name}-{side}.jsonl").open("w") as out:
+        for r in seen.log:
+            entry = {"t": round(r.t - start, 4), "method": r.method, "path": r.path}
+            out.write(json.dumps({**entry, "status": r.status}) + "\n")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "—"
@@ -527,6 +540,8 @@ async def _main(args: argparse.Namespace) -> None:
                     print(f"[{scenario.name}/{label}] failed: {exc!r}", flush=True)
                     continue
                 rows.append(row)
+                if args.dump:
+                    dump(Path(args.dump), scenario, seen)
                 print(
                     f"[{scenario.name}/{label}] {time.monotonic() - started:.0f} s: "
                     + " · ".join(f"{c}: {_cell(row.get(c))}" for c in COLUMNS[2:])
@@ -542,6 +557,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--dump", default="", help="write each side's request log here (JSONL)")
     asyncio.run(_main(parser.parse_args()))
 
 

@@ -22,10 +22,14 @@ given back through the permit, and its headers retune the limiter. The model:
   per estimated sharer, and jitter on every wait so replicas do not fire in lockstep. Each
   replica re-uses its own slots, so shares taken in the initial race persist; replicas that take
   from a common pool take only their share of it.
-- **Slack against latency jitter.** The server counts a request when it arrives, not when we
-  sent it; a freed slot is re-used a little late: a few ms plus 3 × the mean deviation of the
-  latency, plus an extra that doubles on every 429 the ledger did not predict and decays on
-  success.
+- **Arrival, not sending, holds a slot.** The server counts a request when it arrives, which
+  is some time between our send and its answer. Each send's slot is held from its *latest
+  possible arrival*: the send time plus how much slower its round trip was than the fastest
+  seen (a request that waited for a new connection, or queued behind a burst, may have arrived
+  late, and its slot frees late too); in flight, the arrival is unknown and the slot is held.
+  A freed slot is re-used a few ms later still, plus an extra that doubles on every 429 the
+  ledger did not predict and decays on success. The same bound counts which of our sends the
+  server can have counted, so our own late arrivals are never mistaken for another replica's.
 - **Learning.** `X-RateLimit-Limit` replaces the limit from the very next response (raised:
   tokens at once; lowered: sending stops until our own slots drop under the new limit). The
   window comes from a constructor hint, `RateLimit-Policy: …;w=`, or else is learned from
@@ -74,9 +78,8 @@ DEFAULT_RETRY_AFTER_SECONDS = 5.0
 EPOCH_THRESHOLD_SECONDS = 1e9
 # A Date header further than this from our wall clock means our clock is off: trust the server.
 CLOCK_SKEW_TOLERANCE_SECONDS = 2.0
-# Re-use a freed slot this much later than the ledger says (plus the latency-jitter term).
+# Re-use a freed slot this much later than the ledger says (clock rates, timer resolution).
 SLOT_SLACK_SECONDS = 0.005
-SLOT_SLACK_LATENCY_DEVIATIONS = 1.5
 MAX_EXTRA_SLACK_SECONDS = 2.0
 EXTRA_SLACK_DECAY = 0.99
 # With sharers: keep this fraction of the limit free, and count at most this many sharers.
@@ -342,6 +345,10 @@ class RateLimiter:
         self._window_fixed = self._window is not None
         self._window_observations: deque[float] = deque(maxlen=WINDOW_OBSERVATIONS)
         self._sends: list[float] = []  # monotonic send times, oldest first
+        # When each send's answer came back (inf while in flight), sorted. A send arrived at
+        # the latest a fastest round trip before its answer: see `_latest_arrival_offset`.
+        self._answered: list[float] = []
+        self._fastest_round_trip: float | None = None
         self._first_seq = 1  # seq of self._sends[0]
         self._seq = 0  # last seq handed out
         self._applied_seq = 0  # latest-sent request whose response has been applied
@@ -355,7 +362,6 @@ class RateLimiter:
         self._extra_slack = 0.0
         # Concurrency.
         self._latency: float | None = None
-        self._latency_dev = 0.0
         self._in_flight = 0
         # Stops.
         self._blocked_until: float | None = None
@@ -485,6 +491,7 @@ class RateLimiter:
             self._last_probe = now  # sent on the strength of Reset passing, not of a token
         self._seq += 1
         self._sends.append(now)
+        self._answered.append(math.inf)
         self._in_flight += 1
         self._prune(now)
         self._publish(now)
@@ -496,11 +503,7 @@ class RateLimiter:
         return self._window if self._window is not None else DEFAULT_WINDOW_SECONDS
 
     def _slot_slack(self) -> float:
-        return (
-            SLOT_SLACK_SECONDS
-            + SLOT_SLACK_LATENCY_DEVIATIONS * self._latency_dev
-            + self._extra_slack
-        )
+        return SLOT_SLACK_SECONDS + self._extra_slack
 
     def _sharing(self, now: float) -> bool:
         seen = self._foreign_seen_at
@@ -511,12 +514,27 @@ class RateLimiter:
         margin = max(1, math.ceil(SHARED_MARGIN_FRACTION * limit)) if self._sharing(now) else 0
         return float(limit - margin)
 
-    def _own_index(self, now: float) -> int:
-        """Index of our oldest send still holding a slot."""
-        return bisect.bisect_right(self._sends, now - self._window_now() - self._slot_slack())
+    def _latest_arrival_offset(self) -> float:
+        """A send reached the server at the latest this long before its answer came back.
+        One global offset keeps `_answered` sorted by latest arrival, too."""
+        return self._fastest_round_trip or 0.0
+
+    def _sent_since(self, moment: float) -> int:
+        """How many of our sends can have arrived at the server after `moment` (incl. those
+        in flight)."""
+        cutoff = moment + self._latest_arrival_offset()
+        return len(self._answered) - bisect.bisect_right(self._answered, cutoff)
+
+    def _held_index(self, now: float) -> int:
+        """Index in `_answered` of our oldest send still holding a slot."""
+        cutoff = now - self._window_now() - self._slot_slack() + self._latest_arrival_offset()
+        return bisect.bisect_right(self._answered, cutoff)
+
+    def _held(self, now: float) -> int:
+        return len(self._answered) - self._held_index(now)
 
     def _usage(self, now: float) -> float:
-        own = len(self._sends) - self._own_index(now)
+        own = self._held(now)
         uncounted = min(own, self._seq - self._applied_seq)
         sharers = self._sharers if self._sharing(now) else 1
         return self._foreign + own + (sharers - 1) * uncounted
@@ -530,7 +548,7 @@ class RateLimiter:
         if self._sharing(now):
             # Above a fair share, re-use freed slots only while the pool has plenty spare: the
             # slots left unused are taken by sharers below theirs, and shares converge.
-            own = len(self._sends) - self._own_index(now)
+            own = self._held(now)
             fair = capacity / self._sharers
             pool = capacity - self._foreign - own
             if own >= fair and pool < max(2.0, POOL_SPARE_FRACTION * capacity):
@@ -541,13 +559,16 @@ class RateLimiter:
         excess = 1.0 - self._tokens(now)
         if excess <= 0:
             return 0.0
-        start = self._own_index(now)
+        start = self._held_index(now)
         need = math.ceil(excess)
-        if need <= len(self._sends) - start:
-            # Our own sends leave the window in order: wait for the need-th oldest.
-            # No jitter: re-using our own slot on time never collides with anyone.
-            frees_at = self._sends[start + need - 1] + self._window_now() + self._slot_slack()
-            return max(0.0, frees_at - now)
+        if need <= len(self._answered) - start:
+            # Our own slots free in order of arrival: wait for the need-th oldest (in flight:
+            # its answer will tell). No jitter: re-using our own slot on time collides with no one.
+            answered = self._answered[start + need - 1]
+            if answered == math.inf:
+                return None
+            arrived = answered - self._latest_arrival_offset()
+            return max(0.0, arrived + self._window_now() + self._slot_slack() - now)
         if self._seq > self._applied_seq:
             return None  # answers on their way will tell more
         # Foreign requests fill the window: probe once the oldest counted one has left.
@@ -568,6 +589,18 @@ class RateLimiter:
         if drop:
             del self._sends[:drop]
             self._first_seq += drop
+        del self._answered[: bisect.bisect_right(self._answered, horizon)]
+
+    def _settle(self, permit: Permit, now: float) -> None:
+        """The permit's send is no longer in flight: it reached the server before now, and no
+        later than the fastest round trip seen allows (a send that waited for a connection or
+        queued behind a burst arrived late, and its slot frees late too)."""
+        round_trip = max(0.0, now - permit.sent_at)
+        if self._fastest_round_trip is None or round_trip < self._fastest_round_trip:
+            self._fastest_round_trip = round_trip
+        if self._answered and self._answered[-1] == math.inf:
+            self._answered.pop()  # in-flight sends are all inf: any one of them is this one
+        bisect.insort(self._answered, now)
 
     def _apply_quota(self, permit: Permit, quota: QuotaHeaders, now: float) -> None:
         if quota.window_seconds is not None and quota.window_seconds != self._window:
@@ -585,22 +618,13 @@ class RateLimiter:
         index = permit.seq - self._first_seq  # our send `permit`, in self._sends
         if not 0 <= index < len(self._sends):
             return  # an answer so late its send has left the ledger
-        window = self._window_now()
-        ours = (
-            index
-            + 1
-            - bisect.bisect_right(
-                self._sends, permit.sent_at - window - self._slot_slack(), 0, max(0, index + 1)
-            )
-        )
-        # Requests sent after this one may reach the server before it (many in flight), so
-        # the server may already count any of our sends up to now: subtracting only those
-        # sent before this one would mistake our own reordered requests for another
-        # replica's and switch on the shared-key margin for nothing.
-        ours_by_now = len(self._sends) - bisect.bisect_right(
-            self._sends, permit.sent_at - window - self._slot_slack()
-        )
-        self._observe_foreign(now, float(max(0, counted - max(ours, ours_by_now))))
+        # Which of our sends can the server have counted when this one arrived (no sooner than
+        # it was sent)? Any whose latest arrival is within a window before that: also those
+        # sent after it (many in flight reorder) and those still in flight. An upper bound, so
+        # our own late arrivals are never mistaken for another replica's requests, which would
+        # switch on the shared-key margin for nothing.
+        ours = self._sent_since(permit.sent_at - self._window_now() - SLOT_SLACK_SECONDS)
+        self._observe_foreign(now, float(max(0, counted - ours)))
         if quota.reset_seconds is not None:
             self._reset_at = now + quota.reset_seconds
         if self._foreign >= 1:
@@ -663,6 +687,7 @@ class RateLimiter:
     def _on_response(self, permit: Permit, status: int, headers: Mapping[str, str]) -> None:
         now = self._clock()
         self._in_flight -= 1
+        self._settle(permit, now)
         self._observe_latency(now - permit.sent_at)
         quota = parse_quota_headers(headers, wall_now=self._wall())
         self._apply_quota(permit, quota, now)
@@ -685,6 +710,7 @@ class RateLimiter:
     def _on_failure(self, permit: Permit) -> None:
         now = self._clock()
         self._in_flight -= 1
+        self._settle(permit, now)
         self._systemic_failure(now, "no_response")
         self._publish(now)
         self._notify()
@@ -762,7 +788,6 @@ class RateLimiter:
         if self._latency is None:
             self._latency = sample
             return
-        self._latency_dev += LATENCY_EWMA_WEIGHT * (abs(sample - self._latency) - self._latency_dev)
         self._latency += LATENCY_EWMA_WEIGHT * (sample - self._latency)
 
     def _concurrency_limit(self, now: float) -> int:
@@ -774,8 +799,13 @@ class RateLimiter:
         else:
             # Tokens now plus our slots freeing within one latency, spent over that latency.
             soon = bisect.bisect_right(
-                self._sends, now - self._window_now() - self._slot_slack() + latency
-            ) - self._own_index(now)
+                self._answered,
+                now
+                - self._window_now()
+                - self._slot_slack()
+                + self._latest_arrival_offset()
+                + latency,
+            ) - self._held_index(now)
             available = max(0.0, self._tokens(now)) + soon
             rate = max(self._sustained_rate(), available / max(latency, MIN_BURST_SECONDS))
         wanted = math.ceil(CONCURRENCY_HEADROOM * rate * latency)
