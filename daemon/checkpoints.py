@@ -269,16 +269,19 @@ class CheckpointStore:
 
     # -- create intents (see daemon/entities.py) -----------------------------------------------
 
-    async def save_intent(self, intent: Intent) -> None:
-        """Durably save a create intent; called before its POST leaves."""
+    async def save_intents(self, intents: Sequence[Intent]) -> None:
+        """Durably save create intents (one per entity), in one statement; called before
+        their POSTs leave."""
+        if not intents:
+            return
         await self._pool.execute(
-            QUERIES["save_intent"],
-            intent.key.kind.value,
-            _text(intent.key.external_id),
-            intent.idempotency_key,
-            intent.parent_id,
+            QUERIES["save_intents"],
+            [i.key.kind.value for i in intents],
+            [_text(i.key.external_id) for i in intents],
+            [i.idempotency_key for i in intents],
+            [i.parent_id for i in intents],
             # Serialised once here and stored verbatim: a replay re-sends these exact bytes.
-            json.dumps(intent.body),
+            [json.dumps(i.body) for i in intents],
         )
 
     async def load_intents(self, keys: Sequence[EntityKey]) -> dict[EntityKey, Intent]:

@@ -28,11 +28,12 @@ import structlog
 from daemon.entities import EntityCache, Intent
 from daemon.errors import PermanentError
 from daemon.events import Action, EntityKey, EntityKind, Event
+from daemon.intents import IntentStore, IntentWriter
 from daemon.metrics import Metrics, status_class
 from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
 from daemon.pivotal import IN_FLIGHT_CONFLICT_CODE, ApiResponse
 from daemon.recorder import Recorder, backoff_seconds
-from daemon.retrying import StoppedWaiting, through_outages
+from daemon.retrying import StoppedWaiting
 from daemon.scheduler import Scheduler, Work
 
 RETRY_BASE_SECONDS = 0.5
@@ -85,10 +86,6 @@ class Api(Protocol):
     async def me(self) -> ApiResponse: ...
 
 
-class IntentStore(Protocol):
-    async def save_intent(self, intent: Intent) -> None: ...
-
-
 class Abandoned(Exception):
     """The daemon is stopping: leave this work unfinished; it is redelivered after restart."""
 
@@ -137,7 +134,6 @@ class Dispatcher:
         self._scheduler = scheduler
         self._entities = entities
         self._recorder = recorder
-        self._intents = intents
         self._metrics = metrics
         self._workers = workers
         self._source = record_source
@@ -151,6 +147,7 @@ class Dispatcher:
         self._stopping = False
         # Set with _stopping; lets a wait for Postgres end at shutdown.
         self._stop = asyncio.Event()
+        self._intents = IntentWriter(intents, self._stop) if intents is not None else None
         self._running: dict[int, Work] = {}
         self._probe: asyncio.Task[None] | None = None
 
@@ -377,11 +374,8 @@ class Dispatcher:
         )
         # Durable before the POST leaves: see entities.py for why.
         if self._intents is not None:
-            intents = self._intents
             try:
-                await through_outages(
-                    lambda: intents.save_intent(intent), self._stop, "save_intent"
-                )
+                await self._intents.save(intent)
             except StoppedWaiting:
                 raise Abandoned from None
         self._entities.set_intent(intent)

@@ -5,7 +5,14 @@ speaks HTTP. Every call returns an `ApiResponse` whatever the status (the limite
 headers of failures too); `raise_for_status` maps a failure onto the error tree. Network errors
 and timeouts raise `TransientError` directly, since there is no response to return.
 
-The API key lives only inside the httpx client's default headers, which httpx masks in reprs.
+The API key lives only inside the httpx clients' default headers, which httpx masks in reprs.
+
+Connections are split over several small httpx clients ("shards"), each request going to the
+least busy. httpcore's pool walks every connection of its pool (and polls each idle socket)
+on every request and every response, so its cost per request grows with the pool: with 128
+connections in one pool, a profile of the daemon at 300 ms API latency spent most of its CPU
+there and the event loop fell behind (encode/httpcore#1035, #928 are the upstream fixes, not
+released). Shards of at most `SHARD_CONNECTIONS` keep that walk short.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from daemon.errors import (
 
 USER_AGENT = "pivotal-sync/0.1"
 MAX_CONNECTIONS = 64
+SHARD_CONNECTIONS = 8
+# Below the common 5 s server-side keep-alive (uvicorn, many proxies): reusing a connection the
+# server is closing at that moment fails the request with a ReadError for nothing.
+KEEPALIVE_EXPIRY_SECONDS = 4.0
 # Retry-After when a 429 arrives without a usable one.
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
 # Idempotency in-flight collision: Pivotal says retry "shortly"; the dispatcher waits this long.
@@ -104,25 +115,35 @@ class PivotalClient:
         max_connections: int = MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers={
-                "Authorization": f"Bearer {api_key.get_secret_value()}",
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-            },
-            timeout=httpx.Timeout(timeout_seconds),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
-        )
+        max_connections = max(1, max_connections)
+        shards = 1 if transport is not None else math.ceil(max_connections / SHARD_CONNECTIONS)
+        per_shard = math.ceil(max_connections / shards)
+        self._shards = [
+            httpx.AsyncClient(
+                base_url=base_url.rstrip("/") + "/",
+                headers={
+                    "Authorization": f"Bearer {api_key.get_secret_value()}",
+                    "User-Agent": USER_AGENT,
+                    "Accept": "application/json",
+                },
+                timeout=httpx.Timeout(timeout_seconds),
+                limits=httpx.Limits(
+                    max_connections=per_shard,
+                    max_keepalive_connections=per_shard,
+                    keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+                ),
+                transport=transport,
+            )
+            for _ in range(shards)
+        ]
+        self._busy = [0] * shards  # requests in flight per shard
 
     def __repr__(self) -> str:
-        return f"PivotalClient(base_url={str(self._http.base_url)!r})"
+        return f"PivotalClient(base_url={str(self._shards[0].base_url)!r})"
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for shard in self._shards:
+            await shard.aclose()
 
     async def __aenter__(self) -> PivotalClient:
         return self
@@ -145,14 +166,18 @@ class PivotalClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
             content = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        shard = min(range(len(self._shards)), key=self._busy.__getitem__)
+        self._busy[shard] += 1
         try:
-            response = await self._http.request(
+            response = await self._shards[shard].request(
                 method, path.lstrip("/"), content=content, params=params, headers=headers
             )
         except httpx.TimeoutException as exc:
             raise TransientError(f"{method} {endpoint}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise TransientError(f"{method} {endpoint}: {type(exc).__name__}") from None
+        finally:
+            self._busy[shard] -= 1
         return ApiResponse(
             method=method,
             endpoint=endpoint,

@@ -117,10 +117,12 @@ ON CONFLICT (event_id) DO UPDATE SET
     entity_external_id = excluded.entity_external_id,
     last_seen = now();
 
--- save_intent --
--- Save a create intent before its POST leaves; a newer one for the entity replaces it
+-- save_intents --
+-- Save create intents before their POSTs leave; a newer one for an entity replaces it
 INSERT INTO create_intents (kind, external_id, idempotency_key, parent_id, body)
-VALUES ($1, $2, $3, $4, $5::json)
+SELECT i.kind, i.external_id, i.idempotency_key, i.parent_id, i.body::json
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+    AS i (kind, external_id, idempotency_key, parent_id, body)
 ON CONFLICT (kind, external_id) DO UPDATE SET
     idempotency_key = excluded.idempotency_key,
     parent_id = excluded.parent_id,

@@ -628,9 +628,14 @@ class RateLimiter:
         if quota.reset_seconds is not None:
             self._reset_at = now + quota.reset_seconds
         if self._foreign >= 1:
+            if not self._sharing(now):
+                log.info("key_shared", foreign_requests=round(self._foreign), counted=counted)
             self._foreign_seen_at = now
             # Sharers holding about what we hold: an estimate that is right once shares are fair.
-            self._sharers = max(2, min(MAX_SHARERS, round((self._foreign + ours) / max(1, ours))))
+            sharers = max(2, min(MAX_SHARERS, round((self._foreign + ours) / max(1, ours))))
+            if sharers != self._sharers:
+                log.info("key_sharers_estimated", sharers=sharers)
+            self._sharers = sharers
         elif quota.reset_seconds is not None and quota.remaining > 0 and 0 < counted <= index + 1:
             # Remaining > 0: not clamped, so `counted` is the server's true count, and the
             # oldest request it counts is our counted-th most recent send.

@@ -329,7 +329,7 @@ async def test_a_saved_intent_comes_back_with_its_body_byte_for_byte(
 ) -> None:
     body = {"name": "Aurora", "slug": "aurora", "mrr": 12.5, "metadata": {"z": 1, "a": None}}
     intent = Intent(key=contact("c1"), idempotency_key="k1", parent_id="p_cus", body=body)
-    await store.save_intent(intent)
+    await store.save_intents([intent])
     loaded = await store.load_intents([contact("c1"), customer("c1")])
     assert loaded == {contact("c1"): intent}
     assert json.dumps(loaded[contact("c1")].body) == json.dumps(body)
@@ -339,16 +339,20 @@ async def test_a_saved_intent_comes_back_with_its_body_byte_for_byte(
 async def test_a_newer_intent_for_the_same_entity_replaces_the_older(
     store: CheckpointStore,
 ) -> None:
-    await store.save_intent(Intent(key=customer("a"), idempotency_key="k1", parent_id=None))
-    await store.save_intent(Intent(key=customer("a"), idempotency_key="k2", parent_id=None))
+    await store.save_intents([Intent(key=customer("a"), idempotency_key="k1", parent_id=None)])
+    await store.save_intents([Intent(key=customer("a"), idempotency_key="k2", parent_id=None)])
     assert (await store.load_intents([customer("a")]))[customer("a")].idempotency_key == "k2"
 
 
 async def test_an_intent_settles_with_a_durable_id_or_a_dead_letter_but_not_a_delete(
     store: CheckpointStore,
 ) -> None:
-    for name in ("created", "parked", "deleted"):
-        await store.save_intent(Intent(key=customer(name), idempotency_key=name, parent_id=None))
+    await store.save_intents(
+        [
+            Intent(key=customer(name), idempotency_key=name, parent_id=None)
+            for name in ("created", "parked", "deleted")
+        ]
+    )
     await store.record(
         [parked("e1", 1, entity=customer("parked"))],
         [state(customer("created"), "p1"), state(customer("deleted"), "p2", deleted=True)],

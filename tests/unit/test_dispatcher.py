@@ -40,8 +40,8 @@ class MemoryStore:
         self.finished += finished
         self.entities.update({e.key: e for e in entities})
 
-    async def save_intent(self, intent: Intent) -> None:
-        self.intents.append(intent)
+    async def save_intents(self, intents: Sequence[Intent]) -> None:
+        self.intents += intents
 
     def outcomes(self) -> dict[str, str]:
         return {f.event_id: f.outcome.value for f in self.finished}
