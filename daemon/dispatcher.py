@@ -56,6 +56,8 @@ class Pacer(Protocol):
 
     async def acquire(self) -> Permit: ...
 
+    def probe(self) -> Permit: ...
+
     def pause(self, reason: str) -> None: ...
 
     def resume(self, reason: str) -> None: ...
@@ -566,11 +568,15 @@ class Dispatcher:
         """While paused for auth, one cheap GET /me per interval; resume on success."""
         while True:
             await asyncio.sleep(self._probe_interval)
+            # The probe goes past the pause, but through the ledger: the server counts it.
+            permit = self._pacer.probe()
             try:
                 response = await self._api.me()
             except Exception as exc:
+                permit.failed()
                 log.info("auth_probe_failed", error=type(exc).__name__)
                 continue
+            permit.complete(response.status, response.headers)
             self._observe(response, 0.0)
             if response.status not in (401, 403):
                 log.info("api_key_accepted", status=response.status)

@@ -386,6 +386,11 @@ class RateLimiter:
                 return self._take(now)
             await self._wait(delay, changed)
 
+    def probe(self) -> Permit:
+        """Leave for one probe now, past any pause or stop (the auth probe): the server
+        counts it, so the ledger must too, or it would later pass for another replica's."""
+        return self._take(self._clock())
+
     @asynccontextmanager
     async def request(self) -> AsyncIterator[Permit]:
         """`async with limiter.request() as permit:` — leaving without `complete` is `failed`."""

@@ -237,6 +237,43 @@ async def test_with_remaining_zero_the_next_request_waits_for_our_oldest_slot(
     assert first + 10 <= clock.now < first + 10.1
 
 
+async def test_a_slow_answer_holds_its_slot_until_its_latest_possible_arrival(
+    clock: FakeTime,
+) -> None:
+    # The first request waited 0.3 s (a new connection); the others came back in 0.01 s. The
+    # server may have counted the first as late as 0.29 s after it left, so its slot frees
+    # then, not 10 s after the send.
+    rl = limiter(clock, max_in_flight=1)
+    first_sent = clock.now
+    permit = await rl.acquire()
+    clock.now += 0.3
+    permit.complete(201, pivotal(clock, 2, 1))
+    permit = await rl.acquire()
+    clock.now += 0.01
+    permit.complete(201, pivotal(clock, 2, 0))
+    await rl.acquire()
+    assert clock.now >= first_sent + 10 + 0.29
+
+
+async def test_our_own_late_arrivals_are_not_mistaken_for_another_replica(
+    clock: FakeTime,
+) -> None:
+    # A send that was slow to arrive is still counted by the server a window after it left;
+    # the ledger knows it may be, so the count holds no foreign requests and no margin is kept.
+    rl = limiter(clock, max_in_flight=1)
+    permit = await rl.acquire()
+    clock.now += 0.01
+    permit.complete(201, pivotal(clock, 10, 9))
+    slow = await rl.acquire()
+    clock.now += 0.5
+    slow.complete(201, pivotal(clock, 10, 8))
+    clock.now = 100 + 10.2  # the first has left the window; the slow one may still be in it
+    await send(rl, headers=pivotal(clock, 10, 8))
+    snap = rl.snapshot()
+    assert snap.rate_per_second == 1.0  # the whole limit: 10 per 10 s, no sharing margin
+    assert snap.tokens == 8
+
+
 async def test_a_window_full_of_foreign_requests_waits_until_reset(clock: FakeTime) -> None:
     rl = limiter(clock)
     await send(rl, headers=pivotal(clock, 100, 0, reset_in=4))
@@ -371,6 +408,19 @@ async def test_without_headers_requests_are_paced_at_the_start_rate(clock: FakeT
 
 
 # -- pause, backoff, cancellation ----------------------------------------------------------------
+
+
+async def test_a_probe_goes_out_while_paused_and_counts_as_our_own(clock: FakeTime) -> None:
+    rl = limiter(clock)
+    await send(rl, headers=pivotal(clock, 10, 9))
+    rl.pause("auth")
+    probe = rl.probe()  # no waiting: the pause is what the probe is for
+    probe.complete(200, pivotal(clock, 10, 8))
+    rl.resume("auth")
+    # The server counted two requests, both ours: nobody else shares the key.
+    snap = rl.snapshot()
+    assert snap.rate_per_second == 1.0
+    assert snap.tokens == 8
 
 
 async def test_pause_blocks_acquire_until_resume(clock: FakeTime) -> None:
