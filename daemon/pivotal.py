@@ -36,7 +36,7 @@ from daemon.errors import (
 
 USER_AGENT = "pivotal-sync/0.1"
 MAX_CONNECTIONS = 64
-SHARD_CONNECTIONS = 8
+SHARD_CONNECTIONS = 4
 # Below the common 5 s server-side keep-alive (uvicorn, many proxies): reusing a connection the
 # server is closing at that moment fails the request with a ReadError for nothing.
 KEEPALIVE_EXPIRY_SECONDS = 4.0
