@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -40,6 +41,9 @@ from daemon.server import create_app, serve
 from daemon.source import Partitions, Source
 
 DB_CHECK_INTERVAL_SECONDS = 5.0
+# Checkpoint retention runs this long after start-up, then at this interval.
+PRUNE_FIRST_DELAY_SECONDS = 60.0
+PRUNE_INTERVAL_SECONDS = 3600.0
 FINAL_FLUSH_TIMEOUT_SECONDS = 10.0
 CONNECT_RETRY_BASE_SECONDS = 0.5
 CONNECT_RETRY_CAP_SECONDS = 30.0
@@ -283,6 +287,7 @@ class Daemon:
         )
         recording = asyncio.create_task(recorder.run(recorder_stop), name="recorder")
         checking = asyncio.create_task(self._check_database(store), name="db-check")
+        pruning = asyncio.create_task(self._prune_forever(store), name="checkpoint-retention")
         dlq_stop = asyncio.Event()
         dlq = (
             asyncio.create_task(self.dead_letter_topic.run(dlq_stop), name="dead-letter-topic")
@@ -311,12 +316,31 @@ class Daemon:
         except Exception:
             code = 1
         checking.cancel()
+        pruning.cancel()
+        await asyncio.gather(checking, pruning, return_exceptions=True)
         dlq_stop.set()
         if dlq is not None:
             await asyncio.gather(dlq, return_exceptions=True)
         await source.close()
         log.info("stopped", exit_code=code)
         return code
+
+    async def _prune_forever(self, store: CheckpointStore) -> None:
+        days = self.settings.checkpoint_retention_days
+        if days <= 0 or self.settings.dry_run:
+            return
+        await asyncio.sleep(PRUNE_FIRST_DELAY_SECONDS)
+        while True:
+            cutoff = datetime.now(UTC) - timedelta(days=days)
+            try:
+                pruned = await store.prune_checkpoints(cutoff)
+            except Exception as exc:  # retention can wait for the next round
+                log.warning("checkpoint_prune_failed", error=type(exc).__name__)
+            else:
+                self.metrics.checkpoints_pruned.inc(pruned)
+                if pruned:
+                    log.info("checkpoints_pruned", rows=pruned, finished_before=cutoff.isoformat())
+            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
 
     async def _check_database(self, store: CheckpointStore) -> None:
         while True:

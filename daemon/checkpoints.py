@@ -193,6 +193,19 @@ class CheckpointStore:
         """Raise unless the server answers."""
         await self._pool.fetchval(QUERIES["ping"])
 
+    async def prune_checkpoints(self, finished_before: datetime, batch_size: int = 10_000) -> int:
+        """Delete checkpoint rows finished before the cutoff, in batches (short transactions,
+        no long lock on a big table); returns how many went."""
+        total = 0
+        while True:
+            status = await self._pool.execute(
+                QUERIES["prune_checkpoints"], finished_before, batch_size
+            )
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < batch_size:
+                return total
+
     # -- the daemon's reads --------------------------------------------------------------------
 
     async def finished_ids(self, ids: Sequence[str]) -> set[str]:

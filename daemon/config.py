@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     auth_probe_interval_seconds: float = Field(default=15.0, gt=0)
     checkpoint_flush_interval_seconds: float = Field(default=0.05, gt=0)
     checkpoint_batch_size: int = Field(default=500, ge=1)
+    # Checkpoint rows older than this are deleted (hourly); 0 keeps them forever. Keep it longer
+    # than the topic's retention: a replay of an event whose row is gone costs a request again
+    # (a PATCH, never a duplicate: the entity map is kept).
+    checkpoint_retention_days: float = Field(default=30.0, ge=0)
     slug_conflict: SlugConflictPolicy = SlugConflictPolicy.ADOPT
     # metadata.source on every record the daemon creates.
     record_source: str = "pivotal-sync"

@@ -33,6 +33,9 @@ class UnlimitedPacer:
     async def acquire(self) -> _Permit:
         return self._Permit()
 
+    def probe(self) -> _Permit:
+        return self._Permit()
+
     def pause(self, reason: str) -> None:
         pass
 

@@ -153,6 +153,11 @@ class Metrics:
         self.checkpoint_failures = Counter(
             f"{PREFIX}_checkpoint_write_failures", "Checkpoint batches that failed.", registry=r
         )
+        self.checkpoints_pruned = Counter(
+            f"{PREFIX}_checkpoints_pruned",
+            "Checkpoint rows deleted by retention (PIVOTAL_SYNC_CHECKPOINT_RETENTION_DAYS).",
+            registry=r,
+        )
         self.last_checkpoint = Gauge(
             f"{PREFIX}_checkpoint_last_success_timestamp_seconds",
             "Unix time of the last successful checkpoint write.",

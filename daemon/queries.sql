@@ -188,3 +188,10 @@ SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason;
 -- count_entities --
 -- Entity map rows by kind and deleted flag
 SELECT kind, deleted, count(*) AS n FROM entities GROUP BY kind, deleted;
+
+-- prune_checkpoints --
+-- Delete up to $2 checkpoint rows finished before $1, oldest first (retention)
+DELETE FROM checkpoints
+WHERE event_id IN (
+    SELECT event_id FROM checkpoints WHERE finished_at < $1 ORDER BY finished_at LIMIT $2
+);

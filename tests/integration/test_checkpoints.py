@@ -219,6 +219,29 @@ async def test_finished_ids_returns_only_the_ids_that_have_a_checkpoint(
     assert await store.finished_ids([]) == set()
 
 
+async def test_retention_deletes_only_checkpoints_older_than_the_cutoff_and_keeps_the_map(
+    store: CheckpointStore, schema_dsn: str
+) -> None:
+    await store.record(
+        [done(f"e{i}", i, entity=customer(f"cus_{i}"), pivotal_id=f"p{i}") for i in range(5)],
+        [state(customer(f"cus_{i}"), f"p{i}") for i in range(5)],
+    )
+    conn = await asyncpg.connect(schema_dsn)
+    try:
+        await conn.execute(
+            "UPDATE checkpoints SET finished_at = now() - interval '40 days' "
+            "WHERE event_id IN ('e0', 'e1', 'e2')"
+        )
+        cutoff = await conn.fetchval("SELECT now() - interval '30 days'")
+    finally:
+        await conn.close()
+    # Batches of 2: the three old rows take two rounds, and the count adds up.
+    assert await store.prune_checkpoints(cutoff, batch_size=2) == 3
+    assert await store.finished_ids([f"e{i}" for i in range(5)]) == {"e3", "e4"}
+    assert len(await store.load_entities([customer(f"cus_{i}") for i in range(5)])) == 5
+    assert await store.prune_checkpoints(cutoff) == 0
+
+
 async def test_recording_the_same_events_again_is_harmless_and_keeps_the_first_outcome(
     store: CheckpointStore,
 ) -> None:
