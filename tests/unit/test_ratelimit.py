@@ -82,6 +82,15 @@ async def send(
     permit.complete(status, headers or {})
 
 
+async def answered_after(
+    rl: RateLimiter, clock: FakeTime, seconds: float, limit: int, remaining: int
+) -> None:
+    """One request whose answer takes `seconds` to come back."""
+    permit = await rl.acquire()
+    clock.now += seconds
+    permit.complete(201, pivotal(clock, limit, remaining))
+
+
 async def pending(task: asyncio.Task[object]) -> bool:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -245,12 +254,8 @@ async def test_a_slow_answer_holds_its_slot_until_its_latest_possible_arrival(
     # then, not 10 s after the send.
     rl = limiter(clock, max_in_flight=1)
     first_sent = clock.now
-    permit = await rl.acquire()
-    clock.now += 0.3
-    permit.complete(201, pivotal(clock, 2, 1))
-    permit = await rl.acquire()
-    clock.now += 0.01
-    permit.complete(201, pivotal(clock, 2, 0))
+    await answered_after(rl, clock, 0.3, limit=2, remaining=1)
+    await answered_after(rl, clock, 0.01, limit=2, remaining=0)
     await rl.acquire()
     assert clock.now >= first_sent + 10 + 0.29
 
@@ -261,12 +266,8 @@ async def test_our_own_late_arrivals_are_not_mistaken_for_another_replica(
     # A send that was slow to arrive is still counted by the server a window after it left;
     # the ledger knows it may be, so the count holds no foreign requests and no margin is kept.
     rl = limiter(clock, max_in_flight=1)
-    permit = await rl.acquire()
-    clock.now += 0.01
-    permit.complete(201, pivotal(clock, 10, 9))
-    slow = await rl.acquire()
-    clock.now += 0.5
-    slow.complete(201, pivotal(clock, 10, 8))
+    await answered_after(rl, clock, 0.01, limit=10, remaining=9)
+    await answered_after(rl, clock, 0.5, limit=10, remaining=8)
     clock.now = 100 + 10.2  # the first has left the window; the slow one may still be in it
     await send(rl, headers=pivotal(clock, 10, 8))
     snap = rl.snapshot()
