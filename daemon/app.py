@@ -267,16 +267,12 @@ class Daemon:
             commit_enabled=not s.dry_run,
         )
         self.source = source
-        key_check = None if s.dry_run else asyncio.create_task(dispatcher.check_key())
         try:
             if not await source.start(self.stop):
                 return 0
             self.starting = False
             return await self._supervise(source, dispatcher, recorder, store)
         finally:
-            if key_check is not None:
-                key_check.cancel()
-                await asyncio.gather(key_check, return_exceptions=True)
             if client is not None:
                 await client.aclose()
 

@@ -564,34 +564,20 @@ class Dispatcher:
         if self._probe is None or self._probe.done():
             self._probe = asyncio.create_task(self._probe_auth(), name="auth-probe")
 
-    async def check_key(self) -> None:
-        """At start-up, one GET /me before any work: its headers teach the limiter the quota,
-        so the first burst of work can use it at once instead of going one request at a time,
-        and a refused key pauses sending (not ready, probing) before any event meets it."""
-        response = await self._ask_me()
-        if response is not None and response.status in (401, 403):
-            self._auth_failed()
-
-    async def _ask_me(self) -> ApiResponse | None:
-        # Past any pause, but through the ledger: the server counts it.
-        permit = self._pacer.probe()
-        try:
-            response = await self._api.me()
-        except Exception as exc:
-            permit.failed()
-            log.info("auth_probe_failed", error=type(exc).__name__)
-            return None
-        permit.complete(response.status, response.headers)
-        self._observe(response, 0.0)
-        return response
-
     async def _probe_auth(self) -> None:
         """While paused for auth, one cheap GET /me per interval; resume on success."""
         while True:
             await asyncio.sleep(self._probe_interval)
-            response = await self._ask_me()
-            if response is None:
+            # The probe goes past the pause, but through the ledger: the server counts it.
+            permit = self._pacer.probe()
+            try:
+                response = await self._api.me()
+            except Exception as exc:
+                permit.failed()
+                log.info("auth_probe_failed", error=type(exc).__name__)
                 continue
+            permit.complete(response.status, response.headers)
+            self._observe(response, 0.0)
             if response.status not in (401, 403):
                 log.info("api_key_accepted", status=response.status)
                 self._pacer.resume("auth")

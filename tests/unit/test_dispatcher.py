@@ -55,7 +55,6 @@ class Harness:
     entities: EntityCache
     recorder: Recorder
     store: MemoryStore
-    limiter: RateLimiter
     offsets: int = 0
 
     def event(self, type_: str, subject: str, data: dict[str, Any] | None = None) -> Event:
@@ -113,10 +112,9 @@ async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
     recorder = Recorder(
         store=store, progress=progress, metrics=metrics, flush_interval_seconds=0.01, batch_size=100
     )
-    limiter = RateLimiter(initial_rate_per_minute=6000, max_in_flight=8, metrics=metrics)
     dispatcher = Dispatcher(
         api=client,
-        pacer=limiter,
+        pacer=RateLimiter(initial_rate_per_minute=6000, max_in_flight=8, metrics=metrics),
         scheduler=scheduler,
         entities=entities,
         recorder=recorder,
@@ -138,7 +136,7 @@ async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
     dispatcher.submit = tracked_submit  # type: ignore[method-assign]
     stop = asyncio.Event()
     running = asyncio.create_task(dispatcher.run(stop, 5.0))
-    yield Harness(sandbox_app, dispatcher, scheduler, entities, recorder, store, limiter)
+    yield Harness(sandbox_app, dispatcher, scheduler, entities, recorder, store)
     stop.set()
     await running
     await client.aclose()
@@ -274,34 +272,6 @@ async def test_a_revoked_key_pauses_sending_until_the_probe_sees_it_work(harness
     # The refused POST, then only cheap probes until the key works, then the POST again.
     assert requests[0] == "POST 401"
     assert set(requests[1:-2]) <= {"GET 401"}
-    assert requests[-2:] == ["GET 200", "POST 201"]
-
-
-async def test_at_start_up_one_get_me_teaches_the_limiter_the_quota_before_any_work(
-    harness: Harness,
-) -> None:
-    assert harness.limiter.snapshot().concurrency_limit == 1  # nothing known yet
-    await harness.dispatcher.check_key()
-    assert await harness.requests() == ["GET 200"]
-    snap = harness.limiter.snapshot()
-    assert snap.learned_limit == 600
-    assert snap.concurrency_limit > 1  # the first burst of work need not go one at a time
-    assert not harness.dispatcher.auth_paused
-
-
-async def test_a_key_refused_at_start_up_pauses_sending_before_any_event_meets_it(
-    harness: Harness,
-) -> None:
-    await harness.sandbox.api.client.post(f"/_sandbox/keys/{PAID_KEY}/revoke")
-    await harness.dispatcher.check_key()
-    assert harness.dispatcher.auth_paused
-    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora"}))
-    await harness.sandbox.api.client.post(f"/_sandbox/keys/{PAID_KEY}/restore")
-    await harness.drain()
-    assert harness.store.outcomes() == {"evt-1": "sent"}
-    requests = await harness.requests()
-    # No POST met the refused key: GETs until it works, then the create.
-    assert set(requests[:-2]) == {"GET 401"}
     assert requests[-2:] == ["GET 200", "POST 201"]
 
 
