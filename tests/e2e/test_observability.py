@@ -9,6 +9,7 @@ server stopped and started again with `pg_ctl`, a Kafka address where nothing li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -169,12 +170,27 @@ def query(prometheus_url: str, promql: str) -> dict[tuple[str, str], float]:
         response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": promql}, timeout=5)
     except httpx.HTTPError:
         return {}
+    if response.status_code == 503:
+        return {}  # still starting: "Service Unavailable" until its storage is ready
     body = response.json()
     assert body["status"] == "success", body
     return {
         (r["metric"]["kind"], r["metric"]["outcome"]): float(r["value"][1])
         for r in body["data"]["result"]
     }
+
+
+def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Prometheus answers 503 to queries until its storage is open: wait for /-/ready."""
+    deadline = time.monotonic() + PROMETHEUS_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"prometheus exited early:\n{log_path.read_text()[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"prometheus not ready after {PROMETHEUS_TIMEOUT_SECONDS} s")
 
 
 @contextmanager
@@ -204,8 +220,10 @@ def running_prometheus(binary: str, target_port: int, workdir: Path) -> Iterator
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        _wait_until_ready(url, process, log_path)
+        yield url
     finally:
         process.terminate()
         try:
