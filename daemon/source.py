@@ -28,6 +28,9 @@ FETCH_TIMEOUT_MS = 200
 FETCH_MAX_RECORDS = 500
 COMMIT_INTERVAL_SECONDS = 1.0
 LAG_INTERVAL_SECONDS = 5.0
+# The broker check (a metadata request) and each step of closing wait at most this long.
+BROKER_CHECK_TIMEOUT_SECONDS = 5.0
+CLOSE_STEP_TIMEOUT_SECONDS = 5.0
 CONNECT_RETRY_BASE_SECONDS = 0.5
 CONNECT_RETRY_CAP_SECONDS = 30.0
 
@@ -130,8 +133,21 @@ class Source:
     async def close(self) -> None:
         if self._consumer is None:
             return
-        await self.commit()
-        await self._consumer.stop()
+        try:
+            await asyncio.wait_for(self.commit(), CLOSE_STEP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            # Safe: the events past the last commit are redelivered and skipped by checkpoint.
+            log.warning("final_offset_commit_timed_out")
+        # With the broker gone, aiokafka's stop() can re-raise the CancelledError of its own
+        # fetch task (seen with the broker stopped mid-run): as a separate task, that cannot
+        # end the daemon with a traceback, while a cancellation of this one still propagates.
+        stopping = asyncio.create_task(self._consumer.stop(), name="kafka-consumer-stop")
+        done, _ = await asyncio.wait({stopping}, timeout=CLOSE_STEP_TIMEOUT_SECONDS)
+        if not done:
+            stopping.cancel()
+            log.warning("kafka_consumer_stop_timed_out")
+        elif stopping.cancelled() or stopping.exception() is not None:
+            log.warning("kafka_consumer_stop_failed")
         self._consumer = None
         self.connected = False
 
@@ -153,7 +169,6 @@ class Source:
                     log.warning("kafka_fetch_failed", error=type(exc).__name__)
                     await asyncio.sleep(1.0)
                     continue
-                self.connected = True
                 records = [self._ref(r) for batch in batches.values() for r in batch]
                 if records:
                     await self._handler(records)
@@ -218,8 +233,29 @@ class Source:
 
     async def _lag_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.update_lag()
+            await self._check_broker()
+            if self.connected:
+                try:
+                    await self.update_lag()
+                except KafkaError as exc:
+                    log.warning("lag_update_failed", error=type(exc).__name__)
             await asyncio.sleep(LAG_INTERVAL_SECONDS)
+
+    async def _check_broker(self) -> None:
+        """Readiness must see a broker outage, and the fetch loop does not: aiokafka reconnects
+        in the background and a fetch from a dead broker just comes back empty. A metadata
+        request every lag interval does see it."""
+        assert self._consumer is not None
+        try:
+            await asyncio.wait_for(self._consumer.topics(), BROKER_CHECK_TIMEOUT_SECONDS)
+        except (KafkaError, TimeoutError) as exc:
+            if self.connected:
+                log.warning("kafka_unreachable", error=type(exc).__name__)
+            self.connected = False
+            return
+        if not self.connected:
+            log.info("kafka_reachable")
+        self.connected = True
 
     async def update_lag(self) -> dict[tuple[str, int], int]:
         """Lag per assigned partition: high watermark − committed position.

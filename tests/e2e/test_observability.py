@@ -25,9 +25,9 @@ import pytest
 import yaml
 
 from daemon import dashboard
-from daemon.samples import Message, StreamSpec, expected_state, generate
+from daemon.samples import Message, StreamSpec, expected_state, generate, publish
 from daemon.stack import DaemonProcess
-from daemon.standins import Postgres, create_database, free_port
+from daemon.standins import Broker, Postgres, create_database, free_port
 from tests.deploy.conftest import DEPLOY, REPO, promtool, require_tool
 from tests.deploy.metric_names import referenced_metric_names
 from tests.e2e.conftest import E2E_KEY, ScenarioFactory
@@ -417,6 +417,35 @@ async def test_livez_answers_while_kafka_is_unreachable_and_readyz_says_why(
         await asyncio.sleep(2.0)
         assert daemon.alive()
         assert livez(daemon) == 200
+
+
+async def test_kafka_going_away_mid_run_makes_readyz_say_so_and_sigterm_still_exits_cleanly(
+    scenario: ScenarioFactory, tmp_path: Path
+) -> None:
+    async with scenario() as s:
+        # A broker of its own, to stop under the running daemon.
+        (tmp_path / "own-broker").mkdir()
+        with Broker.start(log_dir=tmp_path / "own-broker") as broker:
+            await broker.create_topic(s.topic, partitions=3)
+            await publish(broker.bootstrap_servers, s.topic, small_stream("gone"))
+            daemon = s.start_daemon(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers)
+            await eventually(daemon.readyz, lambda r: r[0] == 200, "readyz is ready")
+            broker.stop()
+            _, body = await eventually(
+                daemon.readyz,
+                lambda r: r[0] == 503 and "kafka not connected" in r[1],
+                "readyz reports kafka not connected",
+                timeout=30,
+            )
+            assert json.loads(body)["reasons"] == ["kafka not connected"]
+            assert daemon.alive()
+            assert livez(daemon) == 200
+            # SIGTERM with the broker gone: the final commit cannot happen (the events are
+            # redelivered and skipped by checkpoint), but the exit is clean and prompt.
+            started = time.monotonic()
+            assert daemon.stop(timeout=30) == 0
+            assert time.monotonic() - started < 20
+            assert "Traceback" not in (s.workdir / "daemon-0.log").read_text()
 
 
 def safe_livez(daemon: DaemonProcess) -> int:
