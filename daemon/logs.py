@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -17,6 +18,8 @@ import structlog
 from daemon.config import LogFormat
 
 REDACTED = "[redacted]"
+# A third-party message repeated within this many seconds is dropped (and counted).
+REPEAT_INTERVAL_SECONDS = 30.0
 # Secrets registered at start-up; module state because structlog processors are global too.
 _secrets: set[str] = set()
 
@@ -48,6 +51,35 @@ def redact_secrets(
     if not _secrets:
         return event_dict
     return {key: _scrub(value) for key, value in event_dict.items()}
+
+
+class RepeatFilter(logging.Filter):
+    """One line per message per interval from third-party libraries: during an outage they
+    repeat themselves (aiokafka: ~10 error lines a second while a broker is down), which buries
+    the daemon's own lines and costs log storage. The next line that gets through says how
+    many like it were dropped."""
+
+    def __init__(
+        self,
+        interval: float = REPEAT_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))  # the template, not its arguments
+        now = self._clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self._interval:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.msg = f"{record.msg} [{last[1]} more like this dropped]"
+        self._seen[key] = (now, 0)
+        return True
 
 
 def configure(
@@ -83,6 +115,7 @@ def configure(
             foreign_pre_chain=shared,
         )
     )
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Third-party libraries are chatty at INFO; their warnings still come through.

@@ -61,3 +61,31 @@ def test_stdlib_loggers_such_as_aiokafka_are_redacted_too(stream: io.StringIO) -
     logging.getLogger("aiokafka").warning("connection to %s failed", KEY)
     assert KEY not in stream.getvalue()
     assert "connection to" in stream.getvalue()
+
+
+def test_a_third_party_message_repeated_during_an_outage_is_logged_once(
+    stream: io.StringIO,
+) -> None:
+    chatty = logging.getLogger("aiokafka.consumer.fetcher")
+    for node in range(20):
+        chatty.error("Failed fetch messages from %s: NodeNotReadyError", node)
+    chatty.error("Heartbeat session expired - marking coordinator dead")
+    assert [line["event"] for line in lines(stream)] == [
+        "Failed fetch messages from 0: NodeNotReadyError",
+        "Heartbeat session expired - marking coordinator dead",
+    ]
+
+
+def test_after_the_interval_the_message_comes_back_with_how_many_were_dropped() -> None:
+    now = [0.0]
+    repeat = logs.RepeatFilter(interval=30, clock=lambda: now[0])
+
+    def record(node: int) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", logging.ERROR, "f", 1, "lost %s", (node,), None)
+
+    assert repeat.filter(record(1))
+    assert not any(repeat.filter(record(n)) for n in range(5))
+    now[0] = 31.0
+    again = record(9)
+    assert repeat.filter(again)
+    assert again.getMessage() == "lost 9 [5 more like this dropped]"
