@@ -655,6 +655,11 @@ class RateLimiter:
         horizon = now - self._foreign_memory()
         while len(history) > 1 and history[1][0] <= horizon:
             history.popleft()  # keeps the last observation older than the horizon
+        # ...unless it is a window old: every request it counted has left since. (After a
+        # long Retry-After, the count seen when the 429 came would otherwise hold the key's
+        # whole window as taken until a second answer arrived.)
+        if len(history) > 1 and history[0][0] <= now - self._window_now():
+            history.popleft()
         self._foreign = max(f for _, f in history)
 
     def _foreign_memory(self) -> float:

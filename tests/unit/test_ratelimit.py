@@ -275,6 +275,18 @@ async def test_our_own_late_arrivals_are_not_mistaken_for_another_replica(
     assert snap.tokens == 8
 
 
+async def test_a_count_seen_with_a_429_does_not_outlive_the_window(clock: FakeTime) -> None:
+    # Another replica held the whole window when our 429 came. Once its Retry-After has
+    # passed, those requests have left: the next answer's count is the one to believe.
+    rl = limiter(clock)
+    await send(rl, headers=pivotal(clock, 100, 99))
+    await send(rl, 429, {**pivotal(clock, 100, 0), "Retry-After": "10"})
+    permit = await rl.acquire()
+    clock.now += 0.5
+    permit.complete(201, pivotal(clock, 100, 99))
+    assert rl.snapshot().tokens > 90
+
+
 async def test_a_window_full_of_foreign_requests_waits_until_reset(clock: FakeTime) -> None:
     rl = limiter(clock)
     await send(rl, headers=pivotal(clock, 100, 0, reset_in=4))
