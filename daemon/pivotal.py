@@ -118,20 +118,22 @@ class PivotalClient:
         max_connections = max(1, max_connections)
         shards = 1 if transport is not None else math.ceil(max_connections / SHARD_CONNECTIONS)
         per_shard = math.ceil(max_connections / shards)
+        headers = {
+            "Authorization": f"Bearer {api_key.get_secret_value()}",
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
+        limits = httpx.Limits(
+            max_connections=per_shard,
+            max_keepalive_connections=per_shard,
+            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        )
         self._shards = [
             httpx.AsyncClient(
                 base_url=base_url.rstrip("/") + "/",
-                headers={
-                    "Authorization": f"Bearer {api_key.get_secret_value()}",
-                    "User-Agent": USER_AGENT,
-                    "Accept": "application/json",
-                },
+                headers=headers,
                 timeout=httpx.Timeout(timeout_seconds),
-                limits=httpx.Limits(
-                    max_connections=per_shard,
-                    max_keepalive_connections=per_shard,
-                    keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
-                ),
+                limits=limits,
                 transport=transport,
             )
             for _ in range(shards)

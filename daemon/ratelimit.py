@@ -536,7 +536,7 @@ class RateLimiter:
         return bisect.bisect_right(self._answered, cutoff)
 
     def _held(self, now: float) -> int:
-        return len(self._answered) - self._held_index(now)
+        return self._sent_since(now - self._window_now() - self._slot_slack())
 
     def _usage(self, now: float) -> float:
         own = self._held(now)
@@ -813,14 +813,7 @@ class RateLimiter:
             rate = self._rate
         else:
             # Tokens now plus our slots freeing within one latency, spent over that latency.
-            soon = bisect.bisect_right(
-                self._answered,
-                now
-                - self._window_now()
-                - self._slot_slack()
-                + self._latest_arrival_offset()
-                + latency,
-            ) - self._held_index(now)
+            soon = self._held_index(now + latency) - self._held_index(now)
             available = max(0.0, self._tokens(now)) + soon
             rate = max(self._sustained_rate(), available / max(latency, MIN_BURST_SECONDS))
         wanted = math.ceil(CONCURRENCY_HEADROOM * rate * latency)

@@ -170,8 +170,6 @@ def query(prometheus_url: str, promql: str) -> dict[tuple[str, str], float]:
         response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": promql}, timeout=5)
     except httpx.HTTPError:
         return {}
-    if response.status_code == 503:
-        return {}  # still starting: "Service Unavailable" until its storage is ready
     body = response.json()
     assert body["status"] == "success", body
     return {
