@@ -80,6 +80,7 @@ EPOCH_THRESHOLD_SECONDS = 1e9
 CLOCK_SKEW_TOLERANCE_SECONDS = 2.0
 # Re-use a freed slot this much later than the ledger says (clock rates, timer resolution).
 SLOT_SLACK_SECONDS = 0.005
+LEDGER_RECHECK_SECONDS = 1e-6
 MAX_EXTRA_SLACK_SECONDS = 2.0
 EXTRA_SLACK_DECAY = 0.99
 # With sharers: keep this fraction of the limit free, and count at most this many sharers.
@@ -573,7 +574,10 @@ class RateLimiter:
             if answered == math.inf:
                 return None
             arrived = answered - self._latest_arrival_offset()
-            return max(0.0, arrived + self._window_now() + self._slot_slack() - now)
+            # Never 0: with no token, a slot freeing "now" (to the float) is looked at again.
+            return max(
+                LEDGER_RECHECK_SECONDS, arrived + self._window_now() + self._slot_slack() - now
+            )
         if self._seq > self._applied_seq:
             return None  # answers on their way will tell more
         # Foreign requests fill the window: probe once the oldest counted one has left.
@@ -596,7 +600,7 @@ class RateLimiter:
             self._first_seq += drop
         del self._answered[: bisect.bisect_right(self._answered, horizon)]
 
-    def _settle(self, permit: Permit, now: float) -> None:
+    def _settle(self, permit: Permit, now: float, *, counted: bool = True) -> None:
         """The permit's send is no longer in flight: it reached the server before now, and no
         later than the fastest round trip seen allows (a send that waited for a connection or
         queued behind a burst arrived late, and its slot frees late too)."""
@@ -605,7 +609,8 @@ class RateLimiter:
             self._fastest_round_trip = round_trip
         if self._answered and self._answered[-1] == math.inf:
             self._answered.pop()  # in-flight sends are all inf: any one of them is this one
-        bisect.insort(self._answered, now)
+        if counted:
+            bisect.insort(self._answered, now)
 
     def _apply_quota(self, permit: Permit, quota: QuotaHeaders, now: float) -> None:
         if quota.window_seconds is not None and quota.window_seconds != self._window:
@@ -702,7 +707,7 @@ class RateLimiter:
     def _on_response(self, permit: Permit, status: int, headers: Mapping[str, str]) -> None:
         now = self._clock()
         self._in_flight -= 1
-        self._settle(permit, now)
+        self._settle(permit, now, counted=status != 429)
         self._observe_latency(now - permit.sent_at)
         quota = parse_quota_headers(headers, wall_now=self._wall())
         self._apply_quota(permit, quota, now)

@@ -287,6 +287,18 @@ async def test_a_count_seen_with_a_429_does_not_outlive_the_window(clock: FakeTi
     assert rl.snapshot().tokens > 90
 
 
+async def test_a_rejected_request_holds_no_slot(clock: FakeTime) -> None:
+    # A 429 is not counted by the server (pivotal-api.md, item 15): the ledger must not hold a
+    # slot for it either, or the slot would "free" a window later and be re-used twice.
+    rl = limiter(clock)
+    for sent in range(1, 6):
+        await send(rl, headers=pivotal(clock, 10, 10 - sent))
+    await send(rl, 429, {**pivotal(clock, 10, 5), "Retry-After": "1"})  # an injected storm
+    permit = await rl.acquire()
+    permit.complete(201, pivotal(clock, 10, 4))  # the server counts our six accepted sends
+    assert rl.snapshot().tokens == 4
+
+
 async def test_a_window_full_of_foreign_requests_waits_until_reset(clock: FakeTime) -> None:
     rl = limiter(clock)
     await send(rl, headers=pivotal(clock, 100, 0, reset_in=4))
