@@ -16,7 +16,7 @@ customers sharing `metadata.external_id`.
 
 Scenarios: backlog (1 replica), replicas (3 daemons, one key; baseline: 3 copies on disjoint
 thirds), latency (300 ± 100 ms, L = 300), raise (60 → 600 → 60), revoke (key revoked 20 s),
-errors (20 % 503).
+errors (20 % 503). Injected faults come from one seeded sequence, the same for both sides.
 
     python -m bench.ratelimit_e2e [--only backlog,replicas,latency,raise,revoke,errors]
 """
@@ -51,6 +51,9 @@ PARTITIONS = 3
 WINDOW = 10.0
 SIDE_TIMEOUT_SECONDS = 180.0
 PROBE_INTERVAL_SECONDS = 2.0
+# Both sides draw injected faults from the same seeded sequence: the n-th request to reach the
+# sandbox fails (or is slow) on both, so neither side is luckier with its 503s or latencies.
+SAME_FAULTS = ("--fault-seed", "20261126")
 
 
 @dataclass
@@ -437,7 +440,7 @@ def scenarios() -> list[Scenario]:
             "3. latency 300±100 ms, N=400, L=300/10 s, MAX_IN_FLIGHT=128",
             400,
             300,
-            sandbox_flags=("--latency-ms", "300", "--latency-jitter-ms", "100"),
+            sandbox_flags=("--latency-ms", "300", "--latency-jitter-ms", "100", *SAME_FAULTS),
             daemon_env={"MAX_IN_FLIGHT": "128"},
         ),
         Scenario(
@@ -461,7 +464,7 @@ def scenarios() -> list[Scenario]:
             "6. 20 % 503, N=400, L=100/10 s",
             400,
             100,
-            sandbox_flags=("--error-rate", "0.2", "--error-status", "503"),
+            sandbox_flags=("--error-rate", "0.2", "--error-status", "503", *SAME_FAULTS),
         ),
     ]
 
