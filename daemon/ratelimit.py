@@ -80,6 +80,7 @@ EPOCH_THRESHOLD_SECONDS = 1e9
 CLOCK_SKEW_TOLERANCE_SECONDS = 2.0
 # Re-use a freed slot this much later than the ledger says (clock rates, timer resolution).
 SLOT_SLACK_SECONDS = 0.005
+# With no token, a slot that frees "now" (to the float) is looked at again this much later.
 LEDGER_RECHECK_SECONDS = 1e-6
 MAX_EXTRA_SLACK_SECONDS = 2.0
 EXTRA_SLACK_DECAY = 0.99
@@ -574,7 +575,6 @@ class RateLimiter:
             if answered == math.inf:
                 return None
             arrived = answered - self._latest_arrival_offset()
-            # Never 0: with no token, a slot freeing "now" (to the float) is looked at again.
             return max(
                 LEDGER_RECHECK_SECONDS, arrived + self._window_now() + self._slot_slack() - now
             )
@@ -603,7 +603,8 @@ class RateLimiter:
     def _settle(self, permit: Permit, now: float, *, counted: bool = True) -> None:
         """The permit's send is no longer in flight: it reached the server before now, and no
         later than the fastest round trip seen allows (a send that waited for a connection or
-        queued behind a burst arrived late, and its slot frees late too)."""
+        queued behind a burst arrived late, and its slot frees late too). A send the server did
+        not count (a 429, `counted=False`) holds no slot at all."""
         round_trip = max(0.0, now - permit.sent_at)
         if self._fastest_round_trip is None or round_trip < self._fastest_round_trip:
             self._fastest_round_trip = round_trip
