@@ -31,21 +31,21 @@ lint: env
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
-	$(RUN) python -m daemon.dashboard --check
+	$(RUN) python -m devtools.dashboard --check
 
 format: env
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
 demo: env
-	$(RUN) python scripts/run_clean.py -- pivotal-sync demo $(DEMO_ARGS)
+	$(RUN) python scripts/run_clean.py -- python -m devtools.demo $(DEMO_ARGS)
 
 bench: env
 	$(RUN) python scripts/run_clean.py -- python -m bench $(BENCH_ARGS)
 
-# The dashboard is generated: edit daemon/dashboard.py, then run this.
+# The dashboard is generated: edit devtools/dashboard.py, then run this.
 dashboard: env
-	$(RUN) python -m daemon.dashboard
+	$(RUN) python -m devtools.dashboard
 
 # The chart ships a byte-identical copy of the alert rules (a test checks it).
 sync-rules:

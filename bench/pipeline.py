@@ -29,10 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.samples import Message, StreamSpec, generate, publish
 from daemon.sandbox.testing import SandboxAdmin, running_sandbox
-from daemon.stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
-from daemon.standins import Broker, Postgres, create_database
+from devtools.local_services import Broker, Postgres, create_database
+from devtools.local_stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
+from devtools.sample_stream import Message, StreamSpec, generate, publish
 
 KEY = "pivotal_live_bench_0001"
 PARTITIONS = 3

@@ -41,10 +41,10 @@ from typing import Any
 import httpx
 
 from bench import seed_baseline
-from daemon.samples import Message, StreamSpec, generate, publish
 from daemon.sandbox.testing import running_sandbox
-from daemon.stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
-from daemon.standins import Broker, Postgres, create_database
+from devtools.local_services import Broker, Postgres, create_database
+from devtools.local_stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
+from devtools.sample_stream import Message, StreamSpec, generate, publish
 
 KEY = "pivotal_live_e2e_0001"
 PARTITIONS = 3

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from daemon.samples import Message
+from devtools.sample_stream import Message
 
 CONCURRENCY = 4
 LOW_REMAINING = 5

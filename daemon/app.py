@@ -25,9 +25,9 @@ import structlog
 from daemon import logs
 from daemon.checkpoints import CheckpointStore
 from daemon.config import Settings, SlugConflictPolicy, load_settings
-from daemon.deadletter_topic import DeadLetterTopic
+from daemon.dead_letter_topic import DeadLetterTopic
 from daemon.dispatcher import Api, Dispatcher, Pacer
-from daemon.dryrun import DryRunApi, UnlimitedPacer
+from daemon.dry_run import DryRunApi, UnlimitedPacer
 from daemon.entities import EntityCache
 from daemon.intake import Intake
 from daemon.metrics import Metrics

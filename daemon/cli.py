@@ -33,12 +33,6 @@ def _sandbox(args: argparse.Namespace) -> int:
     return server.main(args)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from daemon import demo  # noqa: PLC0415
-
-    return demo.main(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pivotal-sync",
@@ -65,16 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_arguments(sandbox)
     sandbox.set_defaults(handler=_sandbox)
 
-    demo = commands.add_parser(
-        "demo", help="run everything end to end on local stand-ins (broker, Postgres, sandbox)"
-    )
-    demo.add_argument("--customers", type=int, default=60, help="customers in the sample stream")
-    demo.add_argument("--keep-going", action="store_true", help="keep running after catching up")
-    demo.set_defaults(handler=_demo)
+    from daemon import tools  # noqa: PLC0415 - argument definitions only
 
-    from daemon import operator_cli  # noqa: PLC0415 - argument definitions only
-
-    operator_cli.add_commands(commands)
+    tools.add_commands(commands)
     return parser
 
 

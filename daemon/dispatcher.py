@@ -25,15 +25,15 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.create_intents import IntentStore, IntentWriter
 from daemon.entities import EntityCache, Intent
 from daemon.errors import PermanentError
 from daemon.events import Action, EntityKey, EntityKind, Event
-from daemon.intents import IntentStore, IntentWriter
 from daemon.metrics import Metrics, status_class
 from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
 from daemon.pivotal import IN_FLIGHT_CONFLICT_CODE, ApiResponse
+from daemon.postgres_outages import StoppedWaiting
 from daemon.recorder import Recorder, backoff_seconds
-from daemon.retrying import StoppedWaiting
 from daemon.scheduler import Scheduler, Work
 
 RETRY_BASE_SECONDS = 0.5

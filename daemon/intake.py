@@ -22,9 +22,9 @@ from daemon.errors import InvalidEventError
 from daemon.events import EntityKey, EntityKind, Event, RecordRef, parse_record
 from daemon.metrics import Metrics
 from daemon.outcomes import DeadLetter, Finished, Outcome
+from daemon.postgres_outages import StoppedWaiting, through_outages
 from daemon.progress import Progress
 from daemon.recorder import Recorder
-from daemon.retrying import StoppedWaiting, through_outages
 
 log = structlog.get_logger("pivotal_sync.intake")
 

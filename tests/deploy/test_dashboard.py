@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon import dashboard
+from devtools import dashboard
 from tests.deploy.conftest import REPO, promtool
 from tests.deploy.metric_names import exported_metric_names, referenced_metric_names
 
@@ -40,7 +40,7 @@ def substituted(expr: str) -> str:
 @pytest.mark.parametrize("path", dashboard.OUTPUT_PATHS, ids=str)
 def test_committed_dashboard_is_what_the_program_generates(path: Path) -> None:
     assert (REPO / path).read_text(encoding="utf-8") == dashboard.render(), (
-        "run: python -m daemon.dashboard"
+        "run: python -m devtools.dashboard"
     )
 
 

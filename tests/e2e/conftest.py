@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from daemon.checkpoints import CheckpointStore
-from daemon.samples import ExpectedState, Message, compare, expected_state, publish
 from daemon.sandbox.testing import SandboxAdmin, running_sandbox
-from daemon.stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
-from daemon.standins import Broker, create_database, drop_database
+from devtools.local_services import Broker, create_database, drop_database
+from devtools.local_stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
+from devtools.sample_stream import ExpectedState, Message, compare, expected_state, publish
 from tests.fixtures.kafka import MakeTopic
 
 E2E_KEY = "pivotal_live_e2e00001"

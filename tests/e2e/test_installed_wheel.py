@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.samples import StreamSpec, generate
+from devtools.sample_stream import StreamSpec, generate
 from tests.e2e.conftest import ScenarioFactory
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,10 +24,10 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from daemon import dashboard
-from daemon.samples import Message, StreamSpec, expected_state, generate, publish
-from daemon.stack import DaemonProcess
-from daemon.standins import Broker, Postgres, create_database, free_port
+from devtools import dashboard
+from devtools.local_services import Broker, Postgres, create_database, free_port
+from devtools.local_stack import DaemonProcess
+from devtools.sample_stream import Message, StreamSpec, expected_state, generate, publish
 from tests.deploy.conftest import DEPLOY, REPO, promtool, require_tool
 from tests.deploy.metric_names import referenced_metric_names
 from tests.e2e.conftest import E2E_KEY, ScenarioFactory

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.samples import ExpectedState, StreamSpec, generate
-from daemon.stack import DaemonProcess, daemon_env
+from devtools.local_stack import DaemonProcess, daemon_env
+from devtools.sample_stream import ExpectedState, StreamSpec, generate
 from tests.e2e.conftest import E2E_KEY, Scenario, ScenarioFactory
 
 CUSTOMERS = 500

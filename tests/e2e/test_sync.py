@@ -12,7 +12,7 @@ import random
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from daemon.samples import StreamSpec, generate
+from devtools.sample_stream import StreamSpec, generate
 from tests.e2e.conftest import ScenarioFactory
 from tests.fixtures.kafka import MakeTopic
 

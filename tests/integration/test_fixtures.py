@@ -14,7 +14,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from daemon.standins import Broker, Postgres, create_database, drop_database
+from devtools.local_services import Broker, Postgres, create_database, drop_database
 from tests.fixtures.kafka import BOOTSTRAP_VARIABLE, MakeTopic
 from tests.fixtures.postgres import SERVER_URL_VARIABLE
 from tests.integration.fixtures_probe.conftest import REPORT_VARIABLE

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import psutil  # type: ignore[import-untyped]
 
-from daemon.standins import Broker
+from devtools.local_services import Broker
 from tests.integration.fixtures_probe.conftest import REPORT_VARIABLE
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backfill import (
+from daemon.events import EntityKind, RecordRef, parse_record
+from daemon.tools.importing import (
     Change,
     ImportFileError,
     build_record,
@@ -15,8 +16,7 @@ from daemon.backfill import (
     outcome_counts,
     read_changes,
 )
-from daemon.events import EntityKind, RecordRef, parse_record
-from daemon.status import EventOutcome
+from daemon.tools.status import EventOutcome
 
 HEADER = (
     "external_id,name,slug,domain,status,plan,contact_external_id,contact_name,contact_email,"

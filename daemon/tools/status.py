@@ -13,6 +13,7 @@ Everything here is read-only and comes from where the daemon keeps its truth:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -28,6 +29,11 @@ from aiokafka.errors import KafkaError
 
 from daemon.checkpoints import CheckpointStore, StoreSummary
 from daemon.config import Settings
+from daemon.tools.common import (
+    EXIT_OK,
+    run_command,
+    settings,
+)
 
 # Postgres is asked about this many ids at a time (one array parameter per query).
 LOOKUP_CHUNK = 5000
@@ -426,3 +432,30 @@ def _duration(seconds: float) -> str:
 
 def to_json(report: StatusReport) -> str:
     return json.dumps(report.as_json(), indent=2, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command: arguments, run.
+
+
+def run(args: argparse.Namespace) -> int:
+    config = settings()
+
+    async def run() -> int:
+        report = await collect(config, args.metrics_url)
+        print(to_json(report) if args.json else render(report))
+        return EXIT_OK
+
+    return run_command(run())
+
+
+def add_parser(commands: Any) -> None:  # argparse's subparsers action has no public type
+    """Register `status`."""
+    status = commands.add_parser("status", help="lag, quota, checkpoints and dead letters")
+    status.add_argument(
+        "--metrics-url",
+        metavar="URL",
+        help="a running daemon's /metrics (default: localhost on PIVOTAL_SYNC_HTTP_PORT)",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=run)

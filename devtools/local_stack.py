@@ -23,7 +23,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.standins import Broker, free_port
+from devtools.local_services import Broker, free_port
 
 STOP_TIMEOUT_SECONDS = 30.0
 READY_TIMEOUT_SECONDS = 60.0
@@ -50,7 +50,7 @@ class DaemonProcess:
             "PIVOTAL_SYNC_HTTP_PORT": str(self.port),
             "PYTHONUNBUFFERED": "1",
         }
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        self.process = subprocess.Popen(
             [*executable, "run", *args],
             env=self.env,
             stdout=self._log,

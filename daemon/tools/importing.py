@@ -19,6 +19,7 @@ number and the good ones go on.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import hashlib
@@ -39,7 +40,17 @@ from daemon.events import (
     field_problems,
     parse_record,
 )
-from daemon.status import EventOutcome, Tables, daemon_requests
+from daemon.tools.common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    ProgressBar,
+    error,
+    print_json,
+    run_command,
+    settings,
+)
+from daemon.tools.status import EventOutcome, Tables, daemon_requests
 
 EVENT_SOURCE = "pivotal-sync/import"
 ID_PREFIX = "import:"
@@ -663,3 +674,112 @@ async def run_import(
                 report.daemon_requests = after - before
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# The command: arguments, run, render.
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.file is None and args.contacts is None and args.onboardings is None:
+        error("import: give a customers FILE, --contacts FILE or --onboardings FILE")
+        return EXIT_USAGE
+    config = settings()
+    try:
+        plan = read_changes(args.file, contacts=args.contacts, onboardings=args.onboardings)
+    except (ImportFileError, OSError, UnicodeDecodeError) as exc:
+        error(f"import: {exc}")
+        return EXIT_USAGE
+    options = ImportOptions(
+        wait=args.wait,
+        wait_timeout_seconds=args.wait_timeout,
+        metrics_url=args.metrics_url,
+        dry_run=args.dry_run,
+        max_rate=args.max_rate,
+    )
+    show = not args.no_progress and not args.json
+    publishing = ProgressBar("published", enabled=show)
+    waiting = ProgressBar("finished", enabled=show)
+
+    async def run() -> int:
+        report = await run_import(config, plan, options, on_publish=publishing, on_wait=waiting)
+        publishing.close()
+        waiting.close()
+        if args.json:
+            print_json(report.as_json())
+        else:
+            print(render(report, dry_run=args.dry_run))
+        problems = report.rejected or report.dead_lettered or report.pending
+        return EXIT_PROBLEMS if problems else EXIT_OK
+
+    return run_command(run())
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return " · ".join(
+        f"{counts.get(kind, 0)} {kind}s" for kind in ("customer", "contact", "onboarding")
+    )
+
+
+def render(report: ImportReport, *, dry_run: bool = False, max_rejected: int = 50) -> str:
+    lines = [
+        f"rows read         {report.rows_read}",
+        f"rejected          {len(report.rejected)}",
+    ]
+    lines += [f"  {rejection}" for rejection in report.rejected[:max_rejected]]
+    if len(report.rejected) > max_rejected:
+        lines.append(f"  … and {len(report.rejected) - max_rejected} more (--json lists all)")
+    if report.ignored_columns:
+        lines.append(f"ignored columns   {', '.join(report.ignored_columns)}")
+    lines.append(f"changes           {_kinds(report.changes)}")
+    lines.append(f"already finished  {report.already_finished} (skipped: the daemon has them)")
+    verb = "would publish" if dry_run else "published"
+    todo = sum(report.changes.values()) - report.already_finished
+    lines.append(f"{verb:<17} {todo if dry_run else report.published}")
+    if report.waited:
+        lines.append(f"daemon, from its checkpoint tables ({report.seconds} s):")
+        lines.append(f"  succeeded       {_kinds(report.succeeded)}")
+        dead = sum(report.dead_lettered.values())
+        lines.append(f"  dead-lettered   {dead}")
+        for reason, count in sorted(report.dead_lettered.items()):
+            lines.append(
+                f"    {reason:<20} {count}  (pivotal-sync dead-letters list --reason {reason})"
+            )
+        if report.pending:
+            lines.append(
+                f"  not finished    {report.pending} (timed out waiting; run it again with --wait)"
+            )
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items()))
+        lines.append(f"  outcomes        {outcomes or '-'}")
+        lines.append(
+            f"  requests spent  {report.requests} (one per sent event, plus dead-letter attempts)"
+        )
+        if report.daemon_requests is not None:
+            lines.append(
+                f"  daemon requests {report.daemon_requests:g} "
+                "(its pivotal_sync_api_requests_total grew by this during the wait)"
+            )
+    return "\n".join(lines)
+
+
+def add_parser(commands: Any) -> None:  # argparse's subparsers action has no public type
+    """Register `import`."""
+    imp = commands.add_parser(
+        "import",
+        help="publish a CSV / JSON Lines file of customers as events for the daemon",
+        description="Rows become events on the topic; the running daemon applies them. "
+        "Safe to run again: finished rows are skipped, nothing is created twice.",
+    )
+    imp.add_argument("file", nargs="?", type=Path, metavar="FILE", help="customers .csv/.jsonl")
+    imp.add_argument("--contacts", type=Path, metavar="FILE", help="contacts, one per row")
+    imp.add_argument("--onboardings", type=Path, metavar="FILE", help="onboardings, one per row")
+    imp.add_argument("--wait", action="store_true", help="wait for the daemon, then report")
+    imp.add_argument("--wait-timeout", type=float, default=3600.0, metavar="SECONDS", help="(3600)")
+    imp.add_argument("--metrics-url", metavar="URL", help="the daemon's /metrics, for --wait")
+    imp.add_argument("--dry-run", action="store_true", help="validate and count; publish nothing")
+    imp.add_argument(
+        "--max-rate", type=float, metavar="N", help="publish at most N records per second"
+    )
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imp.add_argument("--json", action="store_true", help="machine-readable report")
+    imp.set_defaults(handler=run)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from daemon.entities import Intent
-from daemon.retrying import through_outages
+from daemon.postgres_outages import through_outages
 
 # At most this many intents per statement; more wait for the next.
 MAX_BATCH = 500

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from daemon import retrying
+from daemon import postgres_outages as retrying
+from daemon.create_intents import MAX_BATCH, IntentWriter
 from daemon.entities import Intent
 from daemon.events import EntityKey, EntityKind
-from daemon.intents import MAX_BATCH, IntentWriter
-from daemon.retrying import StoppedWaiting
+from daemon.postgres_outages import StoppedWaiting
 
 
 def intent(name: str, key: str = "k") -> Intent:

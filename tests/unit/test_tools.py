@@ -12,19 +12,17 @@ import pytest
 from daemon import cli
 from daemon.checkpoints import DeadLetterRow
 from daemon.events import EntityKey, EntityKind, RecordRef
-from daemon.operator_cli import ProgressBar, parse_time
 from daemon.outcomes import DeadLetter
-from daemon.redrive import (
+from daemon.tools.common import ProgressBar, parse_time
+from daemon.tools.dead_letters import (
     REDRIVE_HEADER,
     Letter,
-    ReplayReport,
-    choose,
     plan_retry,
     redrive_record,
-    replay_record,
     state_of,
 )
-from daemon.status import EventOutcome, PartitionLag, StatusReport, quota_from, render
+from daemon.tools.replay import ReplayReport, choose, replay_record
+from daemon.tools.status import EventOutcome, PartitionLag, StatusReport, quota_from, render
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
 """The Grafana dashboard, as a small program: one function per panel, committed as sorted JSON.
 
-`python -m daemon.dashboard` writes `deploy/grafana/pivotal-sync.json` and the copy the Helm
+`python -m devtools.dashboard` writes `deploy/grafana/pivotal-sync.json` and the copy the Helm
 chart ships (`helm/pivotal-sync/files/grafana/`); `--check` fails when either is out of date.
 Queries use only the metric names declared in `daemon.metrics` (tests/deploy checks it) and are
 templated on the datasource, the namespace and the pod, so one dashboard serves every release.
@@ -515,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stale = [p for p in OUTPUT_PATHS if _read(args.root / p) != text]
     if args.check:
         for path in stale:
-            print(f"{path} is out of date: run python -m daemon.dashboard", file=sys.stderr)
+            print(f"{path} is out of date: run python -m devtools.dashboard", file=sys.stderr)
         return 1 if stale else 0
     for path in stale:
         (args.root / path).parent.mkdir(parents=True, exist_ok=True)

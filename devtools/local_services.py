@@ -1,6 +1,6 @@
 """Local stand-ins for the real dependencies: a Kafka-protocol broker and a Postgres server.
 
-The test fixtures, `pivotal-sync demo` and the benchmarks start these on loopback and stop them
+The test fixtures, `make demo` and the benchmarks start these on loopback and stop them
 when done. Each launcher can also adopt an external server instead (a bootstrap address or a
 database URL), so the same code runs against Apache Kafka or a shared Postgres in CI.
 
@@ -151,7 +151,7 @@ class Broker:
         command = [_tansu_binary(), "broker", "--listener-url", url]
         command += ["--advertised-listener-url", url]
         with log_path.open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+            process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         return cls(f"{LOOPBACK}:{port}", process=process, log_path=log_path)

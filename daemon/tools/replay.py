@@ -1,206 +1,45 @@
-"""Sending events through the pipeline again: dead-letter redrive and stream replay.
+"""`pivotal-sync replay`: re-deliver a time slice of the topic through the daemon.
 
-Neither goes around the daemon. Both put records back on the topic the daemon consumes, so a
-second attempt is paced by the same limiter, ordered in the same lane, coalesced, checkpointed
-and dead-lettered like the first; the tool only decides *what* goes back.
-
-Redrive (`pivotal-sync dead-letters retry`), per dead letter, in the order that keeps the loop
-guard atomic and the daemon from skipping the copy:
-
-    1. claim it: `mark_dead_letters_retried` stamps only rows redriven fewer than MAX_REDRIVES
-       times, in one UPDATE — two operators retrying at once cannot both send it;
-    2. forget its checkpoint row (`forget_events`), or the daemon would skip the copy as done;
-    3. produce the original record (key, value, headers) plus `pivotal-sync-redrive: N`.
-
-Replay (`pivotal-sync replay`) reads a time slice of the topic with a group-less consumer
-(seek by `offsets_for_times`, read up to the high watermark seen at the start), and produces
-again the records whose events are not finished; with `force`, it forgets their checkpoints
-first so the daemon applies them again (as PATCHes: the entity map has the ids, so no create is
-repeated). Events that carry `sequence` stay protected by stale detection either way.
+It reads a time slice of the topic with a group-less consumer (seek by `offsets_for_times`,
+read up to the high watermark seen at the start), and produces again the records whose events
+are not finished; with `force`, it forgets their checkpoints first so the daemon applies them
+again (as PATCHes: the entity map has the ids, so no create is repeated). Events that carry
+`sequence` stay protected by stale detection either way.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from daemon.backfill import Outgoing, Progress, produce
-from daemon.checkpoints import MAX_REDRIVES, DeadLetterRow
 from daemon.config import Settings
 from daemon.errors import InvalidEventError
 from daemon.events import RecordRef, parse_record
-from daemon.status import EventOutcome, Tables
+from daemon.tools.common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    ProgressBar,
+    error,
+    parse_time,
+    print_json,
+    run_command,
+    settings,
+)
+from daemon.tools.importing import Outgoing, Progress, produce
+from daemon.tools.status import Tables
 
-REDRIVE_HEADER = "pivotal-sync-redrive"
 REPLAY_HEADER = "pivotal-sync-replay"
-# Upper bound on the rows one `retry`/`purge --all` looks at (they page through newest first).
-MAX_ROWS = 100_000
 REPLAY_FETCH_TIMEOUT_MS = 500
 REPLAY_FETCH_MAX_RECORDS = 2000
 # A partition that yields nothing for this long is taken as read to its end.
 REPLAY_IDLE_SECONDS = 10.0
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Filters:
-    """Which dead letters an operator means (None = any)."""
-
-    reason: str | None = None
-    status: int | None = None  # the HTTP status Pivotal answered
-    entity: str | None = None  # an external id, of any kind
-    since: datetime | None = None  # dead-lettered (last) at or after
-    state: str | None = None  # open, retrying or resolved (see `state_of`)
-    limit: int = 100
-
-    @property
-    def any(self) -> bool:
-        fields = (self.reason, self.status, self.entity, self.since, self.state)
-        return any(value is not None for value in fields)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Letter:
-    """A dead letter and where it stands now."""
-
-    row: DeadLetterRow
-    state: str
-
-
-def state_of(outcome: EventOutcome | None) -> str:
-    """open: the event's last outcome is the dead letter; retrying: redriven and not finished
-    yet (its checkpoint was forgotten); resolved: a redrive or a later copy succeeded."""
-    if outcome is None:
-        return "retrying"
-    return "open" if outcome.outcome == "dead_lettered" else "resolved"
-
-
-async def letters(tables: Tables, filters: Filters, ids: Sequence[int] = ()) -> list[Letter]:
-    """The dead letters named by `ids`, or else matching `filters`, newest first."""
-    if ids:
-        found = [await tables.store.dead_letter(i) for i in ids]
-        rows = [row for row in found if row is not None]
-    else:
-        # The state filter is applied here, after the query: fetch generously.
-        limit = MAX_ROWS if filters.state else filters.limit
-        rows = await tables.store.dead_letters(
-            reason=filters.reason,
-            status=filters.status,
-            entity=filters.entity,
-            since=filters.since,
-            limit=limit,
-        )
-    outcomes = await tables.outcomes([row.event_id for row in rows])
-    result = [Letter(row=row, state=state_of(outcomes.get(row.event_id))) for row in rows]
-    if filters.state is not None:
-        result = [letter for letter in result if letter.state == filters.state]
-    return result if ids else result[: filters.limit]
-
-
-# ---------------------------------------------------------------------------------------------
-# Retry.
-
-
-@dataclass
-class RetryPlan:
-    send: list[DeadLetterRow] = field(default_factory=list)
-    skipped: list[tuple[DeadLetterRow, str]] = field(default_factory=list)
-
-
-def plan_retry(candidates: Sequence[Letter], max_redrives: int = MAX_REDRIVES) -> RetryPlan:
-    """Which dead letters may go back, and why the others may not. No I/O."""
-    plan = RetryPlan()
-    for letter in candidates:
-        row = letter.row
-        if letter.state == "resolved":
-            plan.skipped.append((row, "already succeeded"))
-        elif letter.state == "retrying":
-            plan.skipped.append((row, "a redrive is still in flight"))
-        elif row.event_id.startswith("record:"):
-            # Never parsed: the same bytes would fail the same way, under a new id each time.
-            plan.skipped.append((row, "not a valid event; fix the producer and publish it again"))
-        elif row.retry_count >= max_redrives:
-            plan.skipped.append((row, f"redriven {row.retry_count} times already (the limit)"))
-        else:
-            plan.send.append(row)
-    # Original order: one entity's dead letters must reach its lane in the order they arrived.
-    plan.send.sort(key=lambda r: (r.record.partition, r.record.offset, r.id))
-    return plan
-
-
-def redrive_record(row: DeadLetterRow, attempt: int) -> Outgoing:
-    """The original record again, marked as redrive number `attempt`."""
-    headers = tuple(h for h in row.record.headers if h[0] != REDRIVE_HEADER)
-    return Outgoing(
-        key=row.record.key,
-        value=row.record.value,
-        headers=(*headers, (REDRIVE_HEADER, str(attempt).encode())),
-    )
-
-
-@dataclass
-class RetryResult:
-    sent: list[DeadLetterRow] = field(default_factory=list)
-    # Claimed by someone else or at the limit by the time we tried (the guard said no).
-    refused: list[DeadLetterRow] = field(default_factory=list)
-
-
-async def retry(
-    settings: Settings,
-    tables: Tables,
-    plan: RetryPlan,
-    *,
-    max_redrives: int = MAX_REDRIVES,
-    progress: Progress | None = None,
-) -> RetryResult:
-    """Claim, forget, produce (see the module docstring for why in this order)."""
-    result = RetryResult()
-    if not plan.send:
-        return result
-    claimed = set(
-        await tables.store.mark_dead_letters_retried(
-            [row.id for row in plan.send], max_redrives=max_redrives
-        )
-    )
-    result.sent = [row for row in plan.send if row.id in claimed]
-    result.refused = [row for row in plan.send if row.id not in claimed]
-    if result.sent:
-        await tables.store.forget_events([row.event_id for row in result.sent])
-        records = [redrive_record(row, row.retry_count + 1) for row in result.sent]
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, records, progress)
-    return result
-
-
-async def purge(
-    tables: Tables, filters: Filters, ids: Sequence[int] = (), *, everything: bool = False
-) -> int:
-    """Delete dead letters by ids and/or filters, or all of them; return how many."""
-    if filters.state is not None or everything:
-        # The store filters by columns only; states (and "all") are resolved to ids here.
-        wide = dataclasses.replace(filters, limit=MAX_ROWS)
-        chosen = await letters(tables, wide, ids)
-        if not chosen:
-            return 0
-        return await tables.store.delete_dead_letters([letter.row.id for letter in chosen])
-    if not ids and not filters.any:
-        raise ValueError("purge needs ids or a filter (or everything=True)")
-    return await tables.store.delete_dead_letters(
-        list(ids) or None,
-        reason=filters.reason,
-        status=filters.status,
-        entity=filters.entity,
-        since=filters.since,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Replay.
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -426,3 +265,64 @@ async def replay(
             progress,
         )
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# The command: arguments, run, render.
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.to is not None and args.to < args.from_:
+        error("replay: --to is before --from")
+        return EXIT_USAGE
+    config = settings()
+    piece = Slice(
+        start_ms=int(args.from_.timestamp() * 1000),
+        end_ms=None if args.to is None else int(args.to.timestamp() * 1000),
+        entity=args.entity,
+    )
+
+    async def run() -> int:
+        bar = ProgressBar("replayed", enabled=not args.json)
+        report = await replay(config, piece, force=args.force, dry_run=args.dry_run, progress=bar)
+        bar.close()
+        if args.json:
+            print_json(report.__dict__)
+        else:
+            print(render(report))
+        return EXIT_OK if report.matched else EXIT_PROBLEMS
+
+    return run_command(run())
+
+
+def render(report: ReplayReport) -> str:
+    lines = [
+        f"seek              {report.seek}",
+        f"records in slice  {report.scanned}",
+        f"matching          {report.matched}",
+        f"not events        {report.unparseable} (skipped)",
+        f"repeated copies   {report.repeated} (skipped)",
+        f"already finished  {report.already_finished} (skipped; --force applies them again)",
+    ]
+    if report.dry_run:
+        lines.append(f"would publish     {len(report.planned)}")
+    else:
+        lines.append(f"checkpoints reset {report.forgotten}")
+        lines.append(f"published         {report.published}")
+    return "\n".join(lines)
+
+
+def add_parser(commands: Any) -> None:  # argparse's subparsers action has no public type
+    """Register `replay`."""
+    replay = commands.add_parser(
+        "replay", help="re-deliver a time slice of the topic (finished events stay skipped)"
+    )
+    replay.add_argument(
+        "--from", dest="from_", type=parse_time, required=True, metavar="TIME", help="slice start"
+    )
+    replay.add_argument("--to", type=parse_time, metavar="TIME", help="slice end (default: now)")
+    replay.add_argument("--entity", metavar="EXTERNAL_ID", help="only this customer or entity")
+    replay.add_argument("--force", action="store_true", help="apply finished events again too")
+    replay.add_argument("--dry-run", action="store_true", help="count what would be replayed")
+    replay.add_argument("--json", action="store_true", help="machine-readable report")
+    replay.set_defaults(handler=run)

@@ -1,4 +1,4 @@
-"""`pivotal-sync demo`: the whole daemon end to end on local stand-ins, in about a minute.
+"""`make demo` (`python -m devtools.demo`): the daemon end to end on local stand-ins.
 
 Starts a `tansu` broker, a Postgres server (embedded, unless PIVOTAL_SYNC_DATABASE_URL names
 one) and the Pivotal sandbox with a compressed rate-limit window; publishes a generated CRM
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from daemon.checkpoints import CheckpointStore
-from daemon.samples import StreamSpec, compare, expected_state, generate, publish
 from daemon.sandbox.testing import SandboxAdmin, running_sandbox
-from daemon.stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
-from daemon.standins import Broker, Postgres, create_database, drop_database
+from devtools.local_services import Broker, Postgres, create_database, drop_database
+from devtools.local_stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
+from devtools.sample_stream import StreamSpec, compare, expected_state, generate, publish
 
 DEMO_KEY = "pivotal_demo_key_0001"
 # 100 requests per 10 s: Pivotal's minute compressed six-fold, so the demo takes about a minute.
@@ -35,6 +36,16 @@ CATCH_UP_TIMEOUT_SECONDS = 600.0
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.demo",
+        description="Run pivotal-sync end to end on local stand-ins (broker, Postgres, sandbox).",
+    )
+    parser.add_argument("--customers", type=int, default=60, help="customers in the sample stream")
+    parser.add_argument("--keep-going", action="store_true", help="keep running after catching up")
+    return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -144,3 +155,10 @@ async def _summary(
     _say(f"final state in Pivotal: {verdict}")
     for problem in problems[:10]:
         _say(f"  - {problem}")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(parse_args()))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,131 @@
+"""What every operator command shares: exit codes, time arguments, progress bars, running.
+
+Configuration comes from the same environment as `run` (`load_settings()`); a bad setting is a
+ConfigError that `cli.main` turns into exit code 2.
+
+Exit codes: 0 done, 1 done with problems (rejected rows, dead letters, nothing matched,
+unreachable dependency), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+# A non-terminal (a CI log, a pipe) gets a progress line at most this often.
+PROGRESS_LINE_INTERVAL_SECONDS = 5.0
+PROGRESS_BAR_WIDTH = 30
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An RFC 3339 / ISO 8601 time (naive = UTC), a date, `now`, or an age like 15m, 2h, 3d."""
+    value = text.strip()
+    moment = now or datetime.now(UTC)
+    if value == "now":
+        return moment
+    match = _RELATIVE.match(value)
+    if match:
+        return moment - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use 2026-11-26T10:00:00Z, 2026-11-26, now, or 15m/2h/3d"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+class ProgressBar:
+    """`bar(done, total)`: a bar on a terminal, a line every few seconds elsewhere."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self._last = 0.0
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        final = done >= total
+        if self.tty:
+            if final or now - self._last >= 0.1:
+                self._last = now
+                self.stream.write("\r" + self.line(done, total))
+                self._drawn = True
+                if final:
+                    self.close()
+        elif final or now - self._last >= PROGRESS_LINE_INTERVAL_SECONDS:
+            self._last = now
+            self.stream.write(self.line(done, total) + "\n")
+        self.stream.flush()
+
+    def line(self, done: int, total: int) -> str:
+        share = 1.0 if total <= 0 else min(1.0, done / total)
+        filled = round(share * PROGRESS_BAR_WIDTH)
+        bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
+        return f"{self.label:<10} [{bar}] {done}/{total} {share:4.0%}"
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self._drawn = False
+
+
+def run_command(coroutine: Coroutine[Any, Any, int]) -> int:
+    """Run one command's coroutine; an unreachable dependency is a message, not a traceback."""
+    import asyncpg  # noqa: PLC0415
+    from aiokafka.errors import KafkaError  # noqa: PLC0415
+
+    try:
+        return asyncio.run(coroutine)
+    except asyncpg.UndefinedTableError:
+        error("the daemon's tables do not exist yet: run `pivotal-sync migrate` first")
+        return EXIT_PROBLEMS
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+        error(f"{type(exc).__name__}: {exc}")
+        return EXIT_PROBLEMS
+
+
+def error(message: str) -> None:
+    print(f"pivotal-sync: {message}", file=sys.stderr)
+
+
+def settings() -> Settings:
+    from daemon.config import load_settings  # noqa: PLC0415
+
+    settings = load_settings()
+    settings.require_database_url()
+    return settings
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
