@@ -10,12 +10,10 @@ flush checkpoints → commit offsets → close.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +21,8 @@ import asyncpg
 import structlog
 
 from daemon import logs
+from daemon.admitted import Admitted
+from daemon.backoff import Backoff, Stopped, retry
 from daemon.checkpoints import CheckpointStore
 from daemon.config import Settings, SlugConflictPolicy, load_settings
 from daemon.dead_letter_topic import DeadLetterTopic
@@ -31,11 +31,10 @@ from daemon.dry_run import DryRunApi, UnlimitedPacer
 from daemon.entities import EntityCache
 from daemon.intake import Intake
 from daemon.metrics import Metrics
-from daemon.outcomes import Finished
 from daemon.pivotal import PivotalClient
 from daemon.progress import Progress
 from daemon.ratelimit import RateLimiter
-from daemon.recorder import Recorder, backoff_seconds
+from daemon.recorder import Recorder
 from daemon.scheduler import Scheduler
 from daemon.server import create_app, serve
 from daemon.source import Partitions, Source
@@ -152,27 +151,28 @@ class Daemon:
             await store.close()
 
     async def _connect_store(self) -> CheckpointStore | None:
-        attempt, rng = 0, random.Random()
         dsn = self.settings.require_database_url()
-        while not self.stop.is_set():
-            try:
-                store = await CheckpointStore.connect(dsn, metrics=self.metrics)
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                attempt += 1
-                delay = backoff_seconds(
-                    attempt, rng, CONNECT_RETRY_BASE_SECONDS, CONNECT_RETRY_CAP_SECONDS
-                )
-                log.warning(
-                    "postgres_unreachable",
-                    error=type(exc).__name__,
-                    retry_in_seconds=round(delay, 2),
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), delay)
-                continue
-            self.database_ok = True
-            return store
-        return None
+
+        def report(exc: BaseException, attempt: int, delay: float) -> None:
+            log.warning(
+                "postgres_unreachable",
+                error=type(exc).__name__,
+                attempt=attempt,
+                retry_in_seconds=round(delay, 2),
+            )
+
+        try:
+            store = await retry(
+                lambda: CheckpointStore.connect(dsn, metrics=self.metrics),
+                retry_on=(TimeoutError, OSError, asyncpg.PostgresError),
+                backoff=Backoff(CONNECT_RETRY_BASE_SECONDS, CONNECT_RETRY_CAP_SECONDS),
+                stop=self.stop,
+                on_retry=report,
+            )
+        except Stopped:
+            return None
+        self.database_ok = True
+        return store
 
     async def _pipeline(self, store: CheckpointStore) -> int:
         s = self.settings
@@ -204,12 +204,23 @@ class Daemon:
         progress = Progress()
         scheduler = Scheduler()
         entities = EntityCache()
+        dlq = (
+            DeadLetterTopic(
+                bootstrap_servers=s.kafka_bootstrap_servers, topic=s.kafka_dead_letter_topic
+            )
+            if s.kafka_dead_letter_topic and not s.dry_run
+            else None
+        )
+        self.dead_letter_topic = dlq
+        admitted = Admitted()
         recorder = Recorder(
             store=None if s.dry_run else store,
             progress=progress,
             metrics=metrics,
             flush_interval_seconds=s.checkpoint_flush_interval_seconds,
             batch_size=s.checkpoint_batch_size,
+            admitted=admitted,
+            dead_letter_topic=dlq,
         )
         dispatcher = Dispatcher(
             api=api,
@@ -233,38 +244,18 @@ class Daemon:
             recorder=recorder,
             progress=progress,
             metrics=metrics,
+            admitted=admitted,
             stop=self.stop,
         )
-        dlq = (
-            DeadLetterTopic(
-                bootstrap_servers=s.kafka_bootstrap_servers, topic=s.kafka_dead_letter_topic
-            )
-            if s.kafka_dead_letter_topic and not s.dry_run
-            else None
-        )
-
-        def durable(finished: Sequence[Finished]) -> None:
-            intake.forget(finished)
-            if dlq is not None:
-                dlq.forward(finished)
-
-        recorder.on_durable = durable
-        self.dead_letter_topic = dlq
         rebalance = _Rebalance(dispatcher, recorder, scheduler, intake, s.drain_timeout_seconds)
         source = Source(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            topic=s.kafka_topic,
-            group_id=s.kafka_group_id,
-            session_timeout_ms=s.kafka_session_timeout_ms,
-            heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+            settings=s,
             progress=progress,
             metrics=metrics,
-            handler=intake.admit,
+            intake=intake,
             hooks=rebalance,
-            pending=lambda: scheduler.pending_events,
-            max_pending=s.max_pending_events,
-            seconds_to_send=limiter.seconds_to_send if limiter else (lambda n: 0.0),
-            commit_enabled=not s.dry_run,
+            backlog=scheduler,
+            drain_estimate=limiter,
         )
         self.source = source
         try:

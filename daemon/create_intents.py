@@ -27,7 +27,7 @@ class IntentStore(Protocol):
 
 
 class IntentWriter:
-    """`await save(intent)` returns once the intent is committed (or raises `StoppedWaiting`
+    """`await save(intent)` returns once the intent is committed (or raises `Stopped`
     when the daemon stops during a Postgres outage)."""
 
     def __init__(self, store: IntentStore, stop: asyncio.Event) -> None:
@@ -56,7 +56,7 @@ class IntentWriter:
                     self._stop,
                     "save_intents",
                 )
-            except Exception as exc:  # StoppedWaiting or a bug: every caller hears it
+            except Exception as exc:  # Stopped or a bug: every caller hears it
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)

@@ -10,15 +10,18 @@ the dead letter is durable, at least once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from daemon.backoff import Backoff, Stopped, retry
 from daemon.outcomes import Finished
 
-SEND_RETRY_SECONDS = 1.0
+SEND_RETRY_BASE_SECONDS = 0.5
+SEND_RETRY_CAP_SECONDS = 10.0
 
 log = structlog.get_logger("pivotal_sync.dead_letter_topic")
 
@@ -26,6 +29,7 @@ log = structlog.get_logger("pivotal_sync.dead_letter_topic")
 class DeadLetterTopic:
     def __init__(self, *, bootstrap_servers: str, topic: str) -> None:
         self._topic = topic
+        self._backoff = Backoff(SEND_RETRY_BASE_SECONDS, SEND_RETRY_CAP_SECONDS)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers, acks="all", client_id="pivotal-sync-dlq"
         )
@@ -60,14 +64,22 @@ class DeadLetterTopic:
         ]
         if letter.status is not None:
             headers.append(("pivotal-sync-status", str(letter.status).encode()))
-        while True:
-            try:
-                await self._producer.send_and_wait(
+
+        def report(exc: BaseException, attempt: int, delay: float) -> None:
+            log.warning(
+                "dead_letter_topic_send_failed",
+                error=type(exc).__name__,
+                attempt=attempt,
+                retry_in_seconds=round(delay, 2),
+            )
+
+        with contextlib.suppress(Stopped):  # Postgres holds it; the copy is best effort at stop
+            await retry(
+                lambda: self._producer.send_and_wait(
                     self._topic, key=item.record.key, value=item.record.value, headers=headers
-                )
-                return
-            except KafkaError as exc:
-                log.warning("dead_letter_topic_send_failed", error=type(exc).__name__)
-                if stop.is_set():
-                    return  # Postgres holds it; the topic copy is best effort at shutdown
-                await asyncio.sleep(SEND_RETRY_SECONDS)
+                ),
+                retry_on=(KafkaError,),
+                backoff=self._backoff,
+                stop=stop,
+                on_retry=report,
+            )

@@ -10,6 +10,17 @@ through the rate limiter, and classifies the answer:
   must never dead-letter anything; the lane simply waits;
 - pause: 401 pauses the limiter and starts a cheap periodic probe (GET /me) that resumes it;
 - dead letter: a permanent 4xx parks the events of the work with status and response body.
+
+What each answer means is decided once, in `ApiResponse.raise_for_status` (pivotal.py); this
+room matches the error classes of errors.py. Anything else raised while handling a work is a
+bug in the daemon, not a flaky network: it is logged with its traceback and counted
+(`pivotal_sync_internal_errors_total`), the work is tried again a bounded number of times
+(`INTERNAL_ERROR_ATTEMPTS`) and then dead-lettered as `internal_error`, so one poison record
+costs one dead letter and never the stream. When internal errors hit many different entities
+in a row with no success between them (`INTERNAL_ERROR_SYSTEMIC_ENTITIES`), the bug is the
+daemon's, not a record's: it pauses (reason `internal_errors` on /readyz and the metric) and
+keeps retrying with backoff instead of dead-lettering the whole stream; the first success ends
+the pause — the same judgement as for systemic API failures.
 """
 
 from __future__ import annotations
@@ -17,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,19 +35,31 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon.backoff import Backoff, Stopped
 from daemon.create_intents import IntentStore, IntentWriter
 from daemon.entities import EntityCache, Intent
-from daemon.errors import PermanentError
+from daemon.errors import (
+    AuthError,
+    InFlightConflictError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
 from daemon.events import Action, EntityKey, EntityKind, Event
 from daemon.metrics import Metrics, status_class
 from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
-from daemon.pivotal import IN_FLIGHT_CONFLICT_CODE, ApiResponse
-from daemon.postgres_outages import StoppedWaiting
-from daemon.recorder import Recorder, backoff_seconds
+from daemon.pivotal import ApiResponse
+from daemon.recorder import Recorder
 from daemon.scheduler import Scheduler, Work
 
 RETRY_BASE_SECONDS = 0.5
 RETRY_CAP_SECONDS = 30.0
+# An unexpected exception on one work: tries before its events are dead-lettered.
+INTERNAL_ERROR_ATTEMPTS = 3
+# Distinct entities failing in a row (no success between) that make it the daemon's bug.
+INTERNAL_ERROR_SYSTEMIC_ENTITIES = 5
+INTERNAL_ERRORS = "internal_errors"
+INTERNAL_ERROR_DETAIL_CHARS = 300
 # How often blocked children are checked against the parent timeout.
 ORPHAN_CHECK_INTERVAL_SECONDS = 1.0
 SLUG_TAKEN = "slug_taken"
@@ -143,7 +165,9 @@ class Dispatcher:
         self._parent_timeout = parent_timeout_seconds
         self._probe_interval = auth_probe_interval_seconds
         self._clock = clock
-        self._rng = random.Random()
+        self._backoff = Backoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
+        # Entities whose work failed with an internal error since the last success.
+        self._failing: set[EntityKey] = set()
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._stopping = False
@@ -167,6 +191,11 @@ class Dispatcher:
     @property
     def auth_paused(self) -> bool:
         return "auth" in self._pacer.paused_reasons
+
+    @property
+    def internal_errors_paused(self) -> bool:
+        """Internal errors on many entities in a row: a bug of the daemon, not of a record."""
+        return len(self._failing) >= INTERNAL_ERROR_SYSTEMIC_ENTITIES
 
     def in_flight_partitions(self) -> set[tuple[str, int]]:
         return {
@@ -254,12 +283,52 @@ class Dispatcher:
 
     # -- one work --------------------------------------------------------------------------
     async def _process(self, work: Work) -> None:
-        try:
-            applied = await self._apply(work)
-        except Rejected as rejected:
-            self._finish_rejected(work, rejected)
+        attempt = 0
+        while True:
+            try:
+                applied = await self._apply(work)
+            except Rejected as rejected:
+                self._finish_rejected(work, rejected)
+                return
+            except Abandoned:
+                raise
+            except Exception as exc:  # a bug, not the network (see the module doc)
+                attempt += 1
+                if await self._after_internal_error(work, exc, attempt):
+                    continue
+                self._finish_rejected(work, Rejected(_internal_error_letter(exc, attempt)))
+                return
+            self._internal_errors_over()
+            self._finish_applied(work, applied)
             return
-        self._finish_applied(work, applied)
+
+    async def _after_internal_error(self, work: Work, exc: Exception, attempt: int) -> bool:
+        """Count and log one internal error; wait and return True to try the work again,
+        False to dead-letter it (its attempts are spent and the daemon is not at fault)."""
+        self._metrics.internal_errors.inc()
+        self._failing.add(work.entity)
+        systemic = self.internal_errors_paused
+        log.error(
+            "internal_error",
+            entity=str(work.entity),
+            event_ids=[e.id for e in work.events][:10],
+            attempt=attempt,
+            systemic=systemic,
+            exc_info=exc,
+        )
+        if systemic:
+            self._metrics.paused.labels(reason=INTERNAL_ERRORS).set(1)
+        elif attempt >= INTERNAL_ERROR_ATTEMPTS:
+            return False
+        await self._backoff_wait(attempt, "internal_error", type(exc).__name__)
+        return True
+
+    def _internal_errors_over(self) -> None:
+        if self._failing:
+            if self.internal_errors_paused:
+                log.info("internal_errors_pause_ended")
+            self._failing.clear()
+            self._metrics.paused.labels(reason=INTERNAL_ERRORS).set(0)
 
     async def _apply(self, work: Work) -> Applied:
         state = self._entities.get(work.entity)
@@ -280,17 +349,23 @@ class Dispatcher:
             EntityKind.ONBOARDING: self._api.delete_onboarding,
         }[work.entity.kind]
         pivotal_id = state.pivotal_id
-        response = await self._send(lambda: call(pivotal_id))
-        # 404: deleted in Pivotal already (by hand, or by our own earlier attempt): the goal holds.
-        if not response.ok and response.status != 404:
-            raise self._rejection(response, state)
+        try:
+            await self._send(lambda: call(pivotal_id))
+        except PermanentError as refused:
+            # 404: deleted in Pivotal already (by hand, or by our own earlier attempt): the
+            # goal holds.
+            if refused.status != 404:
+                raise _rejection(refused, state) from None
         return Applied(Outcome.SENT, self._next_state(work, state, pivotal_id, deleted=True))
 
     async def _update(self, work: Work, state: EntityState) -> Applied:
         assert state.pivotal_id is not None
         body = self._body(work, creating=False)
-        response = await self._patch(work.entity.kind, state.pivotal_id, body)
-        if response.status == 404:
+        try:
+            await self._patch(work.entity.kind, state.pivotal_id, body)
+        except PermanentError as refused:
+            if refused.status != 404:
+                raise _rejection(refused, state) from None
             # Deleted in Pivotal behind our back. Re-creating it silently could resurrect a
             # record a person removed on purpose, so park it: forget the stale id, and a
             # redrive of the dead letter re-creates it if that is what the operator wants.
@@ -301,12 +376,10 @@ class Dispatcher:
                     reason="deleted_in_pivotal",
                     detail=f"{work.entity} ({state.pivotal_id}) no longer exists in Pivotal",
                     status=404,
-                    response_body=response.body_excerpt(),
+                    response_body=refused.body,
                 ),
                 gone,
-            )
-        if not response.ok:
-            raise self._rejection(response, state)
+            ) from None
         return Applied(Outcome.SENT, self._next_state(work, state, state.pivotal_id))
 
     async def _create(self, work: Work) -> Applied:
@@ -314,22 +387,20 @@ class Dispatcher:
         fresh = intent is None
         if intent is None:
             intent = await self._new_intent(work)
-        response = await self._post(intent)
         adopted = False
-        if (
-            not response.ok
-            and response.status == 409
-            and response.error_code == SLUG_TAKEN
-            and work.entity.kind is EntityKind.CUSTOMER
-            and self._adopt
-        ):
+        try:
+            pivotal_id = self._id_of(await self._post(intent))
+        except PermanentError as refused:
+            if not (
+                refused.status == 409
+                and refused.code == SLUG_TAKEN
+                and work.entity.kind is EntityKind.CUSTOMER
+                and self._adopt
+            ):
+                self._entities.clear_intent(work.entity)
+                raise _rejection(refused, None) from None
             pivotal_id = await self._adopt_by_slug(work, intent)
             adopted = True
-        elif not response.ok:
-            self._entities.clear_intent(work.entity)
-            raise self._rejection(response, None)
-        else:
-            pivotal_id = self._id_of(response)
         state = self._next_state(work, None, pivotal_id)
         self._entities.put(state)
         self._entities.clear_intent(work.entity)
@@ -341,9 +412,10 @@ class Dispatcher:
         elif not fresh:
             patch = {k: v for k, v in patch.items() if intent.body.get(k) != v}
         if patch and (adopted or not fresh):
-            response = await self._patch(work.entity.kind, pivotal_id, patch)
-            if not response.ok:
-                raise self._rejection(response, state)
+            try:
+                await self._patch(work.entity.kind, pivotal_id, patch)
+            except PermanentError as refused:
+                raise _rejection(refused, state) from None
         return Applied(Outcome.SENT, state)
 
     async def _new_intent(self, work: Work) -> Intent:
@@ -378,15 +450,17 @@ class Dispatcher:
         if self._intents is not None:
             try:
                 await self._intents.save(intent)
-            except StoppedWaiting:
+            except Stopped:
                 raise Abandoned from None
         self._entities.set_intent(intent)
         return intent
 
     async def _adopt_by_slug(self, work: Work, intent: Intent) -> str:
         slug = str(intent.body.get("slug", ""))
-        response = await self._send(lambda: self._api.find_customers_by_slug(slug))
-        data = response.json() if response.ok else None
+        try:
+            data = (await self._send(lambda: self._api.find_customers_by_slug(slug))).json()
+        except PermanentError:
+            data = None
         rows = data.get("data") if isinstance(data, dict) else None
         if not rows or not isinstance(rows[0], dict) or "id" not in rows[0]:
             self._entities.clear_intent(work.entity)
@@ -469,23 +543,11 @@ class Dispatcher:
             deleted=deleted,
         )
 
-    @staticmethod
-    def _rejection(response: ApiResponse, state: EntityState | None) -> Rejected:
-        code = response.error_code
-        return Rejected(
-            DeadLetter(
-                reason=f"http_{response.status}",
-                detail=f"{response.method} {response.endpoint} refused: {code or 'no code'}",
-                status=response.status,
-                response_body=response.body_excerpt(),
-            ),
-            state,
-        )
-
     # -- sending ---------------------------------------------------------------------------
     async def _send(self, call: Callable[[], Awaitable[ApiResponse]]) -> ApiResponse:
         """One logical request: paced, retried through transient failures, never given up
-        on for a systemic one. Returns the first definitive answer (2xx or a permanent 4xx)."""
+        on for a systemic one. Returns the 2xx answer; raises `PermanentError` for a refusal
+        no waiting can fix."""
         attempt = 0
         while True:
             if self._stopping and attempt:
@@ -494,48 +556,36 @@ class Dispatcher:
             started = self._clock()
             try:
                 response = await call()
-            except PermanentError:
-                permit.failed()
-                raise
-            except Exception as exc:
+            except TransientError as exc:  # no answer: timeout, refused or dropped connection
                 permit.failed()
                 attempt += 1
                 self._metrics.retries.labels(reason="network").inc()
-                await self._backoff(attempt, "network", str(exc))
+                await self._backoff_wait(attempt, "network", str(exc))
                 continue
+            except BaseException:
+                permit.failed()
+                raise
             permit.complete(response.status, response.headers)
             self._observe(response, self._clock() - started)
-            if response.ok or self._definitive_refusal(response):
-                return response
-            attempt += 1
-            if response.status == 429:
+            try:
+                response.raise_for_status()
+            except RateLimitedError:
                 # The limiter now blocks every worker until Retry-After has passed.
                 self._metrics.retries.labels(reason="rate_limited").inc()
-                continue
-            if response.status in (401, 403):
+            except AuthError:
                 self._auth_failed()
-                continue
-            if self._in_flight_conflict(response):
+            except InFlightConflictError as exc:
                 self._metrics.retries.labels(reason="conflict_in_flight").inc()
-            else:
+                await self._backoff_wait(attempt + 1, "conflict_in_flight", exc.code)
+            except TransientError as exc:
                 self._metrics.retries.labels(reason="server_error").inc()
-            await self._backoff(attempt, f"http_{response.status}", response.error_code)
+                await self._backoff_wait(attempt + 1, f"http_{exc.status}", exc.code)
+            else:
+                return response
+            attempt += 1
 
-    @classmethod
-    def _definitive_refusal(cls, response: ApiResponse) -> bool:
-        """A 4xx that no waiting can fix (401/403 pause, 429 waits, in-flight 409 retries)."""
-        return (
-            400 <= response.status < 500
-            and response.status not in (401, 403, 408, 429)
-            and not cls._in_flight_conflict(response)
-        )
-
-    @staticmethod
-    def _in_flight_conflict(response: ApiResponse) -> bool:
-        return response.status == 409 and response.error_code == IN_FLIGHT_CONFLICT_CODE
-
-    async def _backoff(self, attempt: int, reason: str, detail: str) -> None:
-        delay = backoff_seconds(attempt, self._rng, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
+    async def _backoff_wait(self, attempt: int, reason: str, detail: str) -> None:
+        delay = self._backoff.delay(attempt)
         log.info(
             "request_retrying",
             reason=reason,
@@ -578,7 +628,7 @@ class Dispatcher:
                 continue
             permit.complete(response.status, response.headers)
             self._observe(response, 0.0)
-            if response.status not in (401, 403):
+            if response.status not in (401, 403):  # see ApiResponse.raise_for_status
                 log.info("api_key_accepted", status=response.status)
                 self._pacer.resume("auth")
                 return
@@ -625,3 +675,24 @@ class Dispatcher:
     def _update_gauges(self) -> None:
         self._metrics.pending_events.set(self._scheduler.pending_events)
         self._metrics.lanes_active.set(self._scheduler.lanes)
+
+
+def _rejection(refused: PermanentError, state: EntityState | None) -> Rejected:
+    return Rejected(
+        DeadLetter(
+            reason=f"http_{refused.status}",
+            detail=str(refused),
+            status=refused.status,
+            response_body=refused.body,
+        ),
+        state,
+    )
+
+
+def _internal_error_letter(exc: Exception, attempts: int) -> DeadLetter:
+    # repr() of a RecursionError or a huge value can be enormous; the traceback is in the log.
+    message = str(exc)[:INTERNAL_ERROR_DETAIL_CHARS]
+    return DeadLetter(
+        reason="internal_error",
+        detail=f"{type(exc).__name__} after {attempts} attempts: {message}",
+    )

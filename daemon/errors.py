@@ -1,13 +1,19 @@
 """The exception tree of pivotal-sync.
 
-    PivotalSyncError            base; `retriable` says whether trying again can help
-    ├── ConfigError             a setting is missing or invalid (names the variable)
-    ├── InvalidEventError       a Kafka record is not a valid event of the contract
-    └── PivotalError            Pivotal answered something other than success
-        ├── TransientError      5xx, timeouts, dropped connections        (retriable)
-        ├── RateLimitedError    429: wait `retry_after` seconds           (retriable)
-        ├── AuthError           401: the key is missing, bad or revoked   (systemic)
-        └── PermanentError      400/404/409: this request can never work  (dead letter)
+    PivotalSyncError                 base; `retriable` says whether trying again can help
+    ├── ConfigError                  a setting is missing or invalid (names the variable)
+    ├── InvalidEventError            a Kafka record is not a valid event of the contract
+    └── PivotalError                 Pivotal answered something other than success
+        ├── TransientError           5xx, 408, timeouts, dropped connections   (retriable)
+        │   └── InFlightConflictError  409 idempotency_request_in_progress     (retriable)
+        ├── RateLimitedError         429: wait `retry_after` seconds            (retriable)
+        ├── AuthError                401/403: the key is missing, bad, revoked  (systemic)
+        └── PermanentError           other 4xx: this request can never work     (dead letter)
+
+`ApiResponse.raise_for_status` (pivotal.py) is the one place a status becomes one of these; the
+dispatcher decides by class. Anything else raised while handling an event is a bug, never
+"the network": the dispatcher dead-letters that event as `internal_error` after bounded
+retries (see dispatcher.py).
 
 A subclass' docstring is its default message, so `raise TransientError()` still says something.
 """
@@ -66,12 +72,19 @@ class TransientError(PivotalError):
     retriable = True
 
 
+class InFlightConflictError(TransientError):
+    """Pivotal is still processing a request with the same Idempotency-Key."""
+
+
 class RateLimitedError(PivotalError):
     """Pivotal's rate limit was hit."""
 
     retriable = True
 
-    def __init__(self, message: str | None = None, *, retry_after: float, body: str = "") -> None:
+    def __init__(
+        self, message: str | None = None, *, retry_after: float | None, body: str = ""
+    ) -> None:
+        # None: the answer had no usable Retry-After; the rate limiter's fallback applies.
         self.retry_after = retry_after
         super().__init__(message, status=429, code="rate_limited", body=body)
 

@@ -16,13 +16,15 @@ from typing import Protocol
 
 import structlog
 
+from daemon.admitted import Admitted
+from daemon.backoff import Stopped
 from daemon.dispatcher import Dispatcher
 from daemon.entities import EntityCache, EntityStore
 from daemon.errors import InvalidEventError
 from daemon.events import EntityKey, EntityKind, Event, RecordRef, parse_record
 from daemon.metrics import Metrics
 from daemon.outcomes import DeadLetter, Finished, Outcome
-from daemon.postgres_outages import StoppedWaiting, through_outages
+from daemon.postgres_outages import through_outages
 from daemon.progress import Progress
 from daemon.recorder import Recorder
 
@@ -43,6 +45,7 @@ class Intake:
         recorder: Recorder,
         progress: Progress,
         metrics: Metrics,
+        admitted: Admitted,
         stop: asyncio.Event | None = None,
     ) -> None:
         self._store = store
@@ -51,44 +54,20 @@ class Intake:
         self._recorder = recorder
         self._progress = progress
         self._metrics = metrics
-        # Ids admitted but not durable yet: a second copy in the stream is a duplicate too.
-        self._in_pipeline: set[str] = set()
-        # Later copies of an in-pipeline id, waiting for the first to be durable. They get no
-        # checkpoint row of their own: a "duplicate" row written before the original's outcome
-        # would, after a crash, make the restart skip the original — a lost event.
-        self._copies: dict[str, list[RecordRef]] = {}
+        # Ids admitted but not durable yet: a second copy in the stream waits there.
+        self._admitted = admitted
         self._stop = stop if stop is not None else asyncio.Event()
-
-    def forget(self, finished: Sequence[Finished]) -> None:
-        """Called once outcomes are durable: the checkpoint table answers for them now, so
-        copies of them that waited are finished too (as duplicates, no request)."""
-        released: list[Finished] = []
-        for item in finished:
-            self._in_pipeline.discard(item.event_id)
-            for record in self._copies.pop(item.event_id, ()):
-                released.append(
-                    Finished(
-                        event_id=item.event_id,
-                        record=record,
-                        outcome=Outcome.DUPLICATE,
-                        entity=item.entity,
-                    )
-                )
-        if released:
-            self._recorder.add_durable(released)
 
     def release(self, events: Sequence[Event]) -> None:
         """Events dropped unfinished (their partition was revoked): forget we admitted them,
         and reload their entities from Postgres when they come back."""
-        for event in events:
-            self._in_pipeline.discard(event.id)
-            self._copies.pop(event.id, None)
+        self._admitted.drop(e.id for e in events)
         self._entities.forget({e.entity for e in events})
 
     async def admit(self, records: Sequence[RecordRef]) -> None:
         try:
             await self._admit(records)
-        except StoppedWaiting:
+        except Stopped:
             # Shutting down during a Postgres outage: these records stay unfinished, so their
             # offsets are not committed and they are delivered again after the restart.
             log.info("intake_abandoned", records=len(records))
@@ -112,13 +91,13 @@ class Intake:
         for (record, item), event_id in zip(parsed, ids, strict=True):
             if event_id in done:
                 self._recorder.add_durable([self._skip(event_id, record, item, Outcome.DUPLICATE)])
-            elif event_id in self._in_pipeline:
-                self._copies.setdefault(event_id, []).append(record)
+            elif event_id in self._admitted:
+                self._admitted.hold_copy(event_id, record)
             elif isinstance(item, InvalidEventError):
-                self._in_pipeline.add(event_id)
+                self._admitted.add(event_id)
                 self._recorder.add([self._invalid(event_id, record, item)])
             else:
-                self._in_pipeline.add(event_id)
+                self._admitted.add(event_id)
                 fresh.append(item)
         keys = self._keys(fresh)
         await through_outages(

@@ -19,7 +19,7 @@ PREFIX = "pivotal_sync"
 METHODS = ("GET", "POST", "PATCH", "DELETE")
 ENDPOINTS = ("customers", "contacts", "onboardings", "me")
 STATUS_CLASSES = ("2xx", "4xx", "429", "5xx", "error")
-PAUSE_REASONS = ("auth", "server_errors")
+PAUSE_REASONS = ("auth", "server_errors", "internal_errors")
 # Every reason the daemon itself gives a dead letter, created at zero so `increase()` sees the
 # first one. (http_<status> covers the 4xx Pivotal documents.)
 DEAD_LETTER_REASONS = (
@@ -34,6 +34,7 @@ DEAD_LETTER_REASONS = (
     "deleted_in_pivotal",
     "slug_taken",
     "bad_response",
+    "internal_error",
     "http_400",
     "http_404",
     "http_409",
@@ -90,6 +91,11 @@ class Metrics:
         )
         self.retries = Counter(
             f"{PREFIX}_api_retries", "Requests retried, by reason.", ["reason"], registry=r
+        )
+        self.internal_errors = Counter(
+            f"{PREFIX}_internal_errors",
+            "Unexpected exceptions while handling an event (a bug, never the network).",
+            registry=r,
         )
         self.bucket_rate = Gauge(
             f"{PREFIX}_ratelimit_rate_per_second",

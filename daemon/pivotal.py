@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,10 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from daemon.backoff import parse_retry_after
 from daemon.errors import (
     AuthError,
+    InFlightConflictError,
     PermanentError,
     PivotalError,
     RateLimitedError,
@@ -40,8 +43,6 @@ SHARD_CONNECTIONS = 4
 # Below the common 5 s server-side keep-alive (uvicorn, many proxies): reusing a connection the
 # server is closing at that moment fails the request with a ReadError for nothing.
 KEEPALIVE_EXPIRY_SECONDS = 4.0
-# Retry-After when a 429 arrives without a usable one.
-DEFAULT_RETRY_AFTER_SECONDS = 1.0
 # Idempotency in-flight collision: Pivotal says retry "shortly"; the dispatcher waits this long.
 IN_FLIGHT_CONFLICT_CODE = "idempotency_request_in_progress"
 BODY_EXCERPT_BYTES = 2000
@@ -85,22 +86,19 @@ class ApiResponse:
         message = f"{self.method} {self.endpoint}: HTTP {self.status} {code}".strip()
         error: PivotalError
         if self.status == 429:
-            error = RateLimitedError(message, retry_after=self.retry_after(), body=body)
-        elif self.status == 401:
-            error = AuthError(message, status=401, code=code, body=body)
-        elif self.status >= 500 or (self.status == 409 and code == IN_FLIGHT_CONFLICT_CODE):
+            retry_after = parse_retry_after(self.headers.get("retry-after"), wall_now=time.time())
+            error = RateLimitedError(message, retry_after=retry_after, body=body)
+        elif self.status in (401, 403):
+            # 403 is reserved by Pivotal and never sent today; a refusal of the key's rights
+            # is systemic like a revoked key, so it pauses rather than dead-letters the stream.
+            error = AuthError(message, status=self.status, code=code, body=body)
+        elif self.status == 409 and code == IN_FLIGHT_CONFLICT_CODE:
+            error = InFlightConflictError(message, status=409, code=code, body=body)
+        elif self.status >= 500 or self.status == 408:
             error = TransientError(message, status=self.status, code=code, body=body)
         else:
             error = PermanentError(message, status=self.status, code=code, body=body)
         raise error
-
-    def retry_after(self) -> float:
-        raw = self.headers.get("retry-after", "")
-        try:
-            value = float(raw)
-        except ValueError:
-            return DEFAULT_RETRY_AFTER_SECONDS
-        return value if math.isfinite(value) and value >= 0 else DEFAULT_RETRY_AFTER_SECONDS
 
 
 class PivotalClient:

@@ -4,20 +4,20 @@ A database outage pauses the pipeline — intake stops admitting (so fetching st
 stop before their intent is written — and everything resumes by itself when Postgres answers
 again. Only a shutdown ends the wait, with `StoppedWaiting`, so the caller can leave its work
 unfinished (and uncommitted, hence redelivered after the restart).
+
+The waiting itself is backoff.py's `retry`; this room knows what an outage looks like.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
 import structlog
 
-from daemon.recorder import backoff_seconds
+from daemon.backoff import Backoff, retry
 
 RETRY_BASE_SECONDS = 0.5
 RETRY_CAP_SECONDS = 10.0
@@ -25,32 +25,25 @@ RETRY_CAP_SECONDS = 10.0
 OUTAGE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 T = TypeVar("T")
-log = structlog.get_logger("pivotal_sync.retrying")
-_rng = random.Random()
-
-
-class StoppedWaiting(Exception):
-    """The daemon is stopping while an operation waited for Postgres."""
+log = structlog.get_logger("pivotal_sync.postgres_outages")
+_backoff = Backoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
 
 
 async def through_outages(
     operation: Callable[[], Awaitable[T]], stop: asyncio.Event, what: str
 ) -> T:
-    """Run `operation`, retrying with capped, jittered backoff while Postgres is down."""
-    attempt = 0
-    while True:
-        try:
-            return await operation()
-        except OUTAGE_ERRORS as exc:
-            attempt += 1
-            delay = backoff_seconds(attempt, _rng, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
-            log.warning(
-                "postgres_operation_failed",
-                operation=what,
-                error=type(exc).__name__,
-                retry_in_seconds=round(delay, 2),
-            )
-            if stop.is_set():
-                raise StoppedWaiting from None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+    """Run `operation`, retrying with capped, jittered backoff while Postgres is down.
+    Raises `backoff.Stopped` when the daemon stops meanwhile."""
+
+    def report(exc: BaseException, attempt: int, delay: float) -> None:
+        log.warning(
+            "postgres_operation_failed",
+            operation=what,
+            error=type(exc).__name__,
+            attempt=attempt,
+            retry_in_seconds=round(delay, 2),
+        )
+
+    return await retry(
+        operation, retry_on=OUTAGE_ERRORS, backoff=_backoff, stop=stop, on_retry=report
+    )

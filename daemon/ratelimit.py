@@ -64,6 +64,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from daemon.backoff import Backoff, parse_retry_after
 from daemon.metrics import Metrics
 
 log = structlog.get_logger("pivotal_sync.ratelimit")
@@ -250,20 +251,6 @@ def _parse_ietf(h: Mapping[str, str]) -> tuple[int | None, int | None, float | N
     return limit, remaining, reset, window
 
 
-def parse_retry_after(raw: str | None, *, wall_now: float) -> float | None:
-    """Seconds from a Retry-After value (delta seconds or an HTTP date); None if unusable.
-    Negative values are returned as they are, for the caller to log and clamp."""
-    if raw is None:
-        return None
-    value = _number(raw)
-    if value is not None:
-        return value
-    try:
-        return email.utils.parsedate_to_datetime(raw).timestamp() - wall_now
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 # -- the limiter ---------------------------------------------------------------------------------
 
 
@@ -335,6 +322,13 @@ class RateLimiter:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._max_retry_after = max(0.0, max_retry_after_seconds)
+        # Equal jitter: a systemic pause is never much shorter than planned.
+        self._systemic_backoff = Backoff(
+            SYSTEMIC_BACKOFF_BASE_SECONDS,
+            SYSTEMIC_BACKOFF_MAX_SECONDS,
+            min_share=0.5,
+            rng=self._rng,
+        )
         self._max_in_flight = max(1, max_in_flight)
         # Headerless AIMD bucket.
         self._start_rate = max(initial_rate_per_minute, 0.001) / 60.0
@@ -777,8 +771,7 @@ class RateLimiter:
         excess = self._systemic_failures - SYSTEMIC_FAILURE_THRESHOLD
         if excess < 0:
             return
-        backoff = min(SYSTEMIC_BACKOFF_MAX_SECONDS, SYSTEMIC_BACKOFF_BASE_SECONDS * 2**excess)
-        backoff *= self._rng.uniform(0.5, 1.0)
+        backoff = self._systemic_backoff.delay(excess + 1)
         starting = self._backoff_until is None
         self._backoff_until = max(self._backoff_until or 0.0, now + backoff)
         if starting:

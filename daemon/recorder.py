@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import structlog
 
+from daemon.admitted import Admitted
+from daemon.backoff import Backoff
 from daemon.events import EntityKey
 from daemon.metrics import Metrics
 from daemon.outcomes import EntityState, Finished, Outcome
@@ -29,15 +30,16 @@ RETRY_CAP_SECONDS = 10.0
 log = structlog.get_logger("pivotal_sync.recorder")
 
 
+class DeadLetterCopies(Protocol):
+    """The optional dead-letter topic (dead_letter_topic.py): copies of durable dead letters."""
+
+    def forward(self, finished: Sequence[Finished]) -> None: ...
+
+
 class OutcomeStore(Protocol):
     async def record(
         self, finished: Sequence[Finished], entities: Sequence[EntityState]
     ) -> None: ...
-
-
-def backoff_seconds(attempt: int, rng: random.Random, base: float, cap: float) -> float:
-    """Capped exponential backoff with full jitter (attempt counts from 1)."""
-    return rng.uniform(0, min(cap, base * 2 ** min(attempt - 1, 30)))
 
 
 class Recorder:
@@ -49,7 +51,8 @@ class Recorder:
         metrics: Metrics,
         flush_interval_seconds: float,
         batch_size: int,
-        on_durable: Callable[[Sequence[Finished]], None] | None = None,
+        admitted: Admitted,
+        dead_letter_topic: DeadLetterCopies | None = None,
     ) -> None:
         # store=None is the dry run: outcomes are logged, nothing is written or released.
         self._store = store
@@ -57,12 +60,13 @@ class Recorder:
         self._metrics = metrics
         self._interval = flush_interval_seconds
         self._batch_size = batch_size
-        self.on_durable = on_durable
+        self._admitted = admitted
+        self._dead_letter_topic = dead_letter_topic
         self._finished: list[Finished] = []
         self._entities: dict[EntityKey, EntityState] = {}
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._rng = random.Random()
+        self._backoff = Backoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
         self.healthy = True
 
     def add(self, finished: Sequence[Finished], entities: Sequence[EntityState] = ()) -> None:
@@ -111,9 +115,7 @@ class Recorder:
                     attempt += 1
                     self.healthy = False
                     self._metrics.checkpoint_failures.inc()
-                    delay = backoff_seconds(
-                        attempt, self._rng, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS
-                    )
+                    delay = self._backoff.delay(attempt)
                     log.warning(
                         "checkpoint_write_failed",
                         error=type(exc).__name__,
@@ -139,8 +141,11 @@ class Recorder:
             return  # dry run: nothing is durable, so nothing may be committed
         for item in finished:
             self._progress.finish(item.record.topic, item.record.partition, item.record.offset)
-        if self.on_durable is not None:
-            self.on_durable(finished)
+        if self._dead_letter_topic is not None:
+            self._dead_letter_topic.forward(finished)
+        copies = self._admitted.settle(finished)
+        if copies:
+            self.add_durable(copies)
 
     def _log_finished(self, item: Finished) -> None:
         kind = item.entity.kind.value if item.entity else "unknown"

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from daemon.backoff import Backoff, Stopped, retry
+from daemon.config import Settings
 from daemon.events import RecordRef
 from daemon.metrics import Metrics
 from daemon.progress import Progress
-from daemon.recorder import backoff_seconds
 
 FETCH_TIMEOUT_MS = 200
 FETCH_MAX_RECORDS = 500
@@ -43,6 +43,25 @@ class RebalanceHooks(Protocol):
     async def partitions_revoked(self, partitions: Partitions) -> None: ...
 
 
+class Admission(Protocol):
+    """Where fetched records go (intake.py)."""
+
+    async def admit(self, records: Sequence[RecordRef]) -> None: ...
+
+
+class Backlog(Protocol):
+    """Events fetched and not finished yet (the scheduler): fetching pauses above a bound."""
+
+    @property
+    def pending_events(self) -> int: ...
+
+
+class DrainEstimate(Protocol):
+    """Seconds the quota needs to send `n` requests (the rate limiter), for the lag metric."""
+
+    def seconds_to_send(self, n: int) -> float: ...
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, source: Source) -> None:
         self._source = source
@@ -58,77 +77,80 @@ class Source:
     def __init__(
         self,
         *,
-        bootstrap_servers: str,
-        topic: str,
-        group_id: str,
-        session_timeout_ms: int,
-        heartbeat_interval_ms: int,
+        settings: Settings,
         progress: Progress,
         metrics: Metrics,
-        handler: Callable[[Sequence[RecordRef]], Awaitable[None]],
+        intake: Admission,
         hooks: RebalanceHooks,
-        pending: Callable[[], int],
-        max_pending: int,
-        seconds_to_send: Callable[[int], float],
-        commit_enabled: bool = True,
+        backlog: Backlog,
+        drain_estimate: DrainEstimate | None,
     ) -> None:
-        self._bootstrap = bootstrap_servers
-        self._topic = topic
-        self._group_id = group_id
-        self._session_timeout_ms = session_timeout_ms
-        self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._settings = settings
+        self._topic = settings.kafka_topic
         self._progress = progress
         self._metrics = metrics
-        self._handler = handler
+        self._intake = intake
         self._hooks = hooks
-        self._pending = pending
-        self._max_pending = max_pending
-        self._seconds_to_send = seconds_to_send
-        self._commit_enabled = commit_enabled
+        self._backlog = backlog
+        self._max_pending = settings.max_pending_events
+        self._drain_estimate = drain_estimate
+        # A dry run makes nothing durable, so it must not move the group's offsets either.
+        self._commit_enabled = not settings.dry_run
         self._consumer: AIOKafkaConsumer | None = None
         self._paused = False
         self._committed: dict[tuple[str, int], int] = {}
-        self._rng = random.Random()
+        self._backoff = Backoff(CONNECT_RETRY_BASE_SECONDS, CONNECT_RETRY_CAP_SECONDS)
         self.connected = False
         self.assigned: Partitions = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, stop: asyncio.Event) -> bool:
         """Join the group, retrying with backoff while Kafka is unreachable. False if stopped."""
-        attempt = 0
-        while not stop.is_set():
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._bootstrap,
-                group_id=self._group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                # Postgres, not Kafka, decides what is finished; isolation keeps aborted
-                # transactional records (if the CRM uses transactions) out.
-                isolation_level="read_committed",
-                client_id="pivotal-sync",
-                session_timeout_ms=self._session_timeout_ms,
-                heartbeat_interval_ms=self._heartbeat_interval_ms,
+
+        def report(exc: BaseException, attempt: int, delay: float) -> None:
+            log.warning(
+                "kafka_unreachable",
+                error=type(exc).__name__,
+                attempt=attempt,
+                retry_in_seconds=round(delay, 2),
             )
-            try:
-                await consumer.start()
-            except KafkaError as exc:
-                await consumer.stop()
-                attempt += 1
-                delay = backoff_seconds(
-                    attempt, self._rng, CONNECT_RETRY_BASE_SECONDS, CONNECT_RETRY_CAP_SECONDS
-                )
-                log.warning(
-                    "kafka_unreachable", error=type(exc).__name__, retry_in_seconds=round(delay, 2)
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                continue
-            consumer.subscribe([self._topic], listener=_Listener(self))
-            self._consumer = consumer
-            self.connected = True
-            log.info("kafka_connected", topic=self._topic, group_id=self._group_id)
-            return True
-        return False
+
+        try:
+            consumer = await retry(
+                self._connect,
+                retry_on=(KafkaError,),
+                backoff=self._backoff,
+                stop=stop,
+                on_retry=report,
+            )
+        except Stopped:
+            return False
+        consumer.subscribe([self._topic], listener=_Listener(self))
+        self._consumer = consumer
+        self.connected = True
+        log.info("kafka_connected", topic=self._topic, group_id=self._settings.kafka_group_id)
+        return True
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        s = self._settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.kafka_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Postgres, not Kafka, decides what is finished; isolation keeps aborted
+            # transactional records (if the CRM uses transactions) out.
+            isolation_level="read_committed",
+            client_id="pivotal-sync",
+            session_timeout_ms=s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+        )
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
 
     async def close(self) -> None:
         if self._consumer is None:
@@ -171,7 +193,7 @@ class Source:
                     continue
                 records = [self._ref(r) for batch in batches.values() for r in batch]
                 if records:
-                    await self._handler(records)
+                    await self._intake.admit(records)
         finally:
             committer.cancel()
             lag.cancel()
@@ -179,7 +201,7 @@ class Source:
 
     def _apply_backpressure(self) -> None:
         assert self._consumer is not None
-        pending = self._pending()
+        pending = self._backlog.pending_events
         partitions = self._consumer.assignment()
         if not self._paused and pending >= self._max_pending:
             self._consumer.pause(*partitions)
@@ -278,7 +300,7 @@ class Source:
             lags[(topic, partition)] = lag
             self._metrics.lag_records.labels(partition=str(partition)).set(lag)
             self._metrics.lag_seconds.labels(partition=str(partition)).set(
-                self._seconds_to_send(lag)
+                self._drain_estimate.seconds_to_send(lag) if self._drain_estimate else 0.0
             )
         return lags
 

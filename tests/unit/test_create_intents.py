@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from daemon import postgres_outages as retrying
+from daemon.backoff import Stopped
 from daemon.create_intents import MAX_BATCH, IntentWriter
 from daemon.entities import Intent
 from daemon.events import EntityKey, EntityKind
-from daemon.postgres_outages import StoppedWaiting
 
 
 def intent(name: str, key: str = "k") -> Intent:
@@ -104,7 +104,7 @@ async def test_stopping_during_an_outage_tells_every_caller_of_the_group() -> No
     results = await asyncio.gather(
         writer.save(intent("a")), writer.save(intent("b")), return_exceptions=True
     )
-    assert [type(r) for r in results] == [StoppedWaiting, StoppedWaiting]
+    assert [type(r) for r in results] == [Stopped, Stopped]
     assert store.writes == []
 
 

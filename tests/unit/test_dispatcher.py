@@ -13,6 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from daemon.admitted import Admitted
 from daemon.dispatcher import Dispatcher, idempotency_key
 from daemon.entities import EntityCache, Intent
 from daemon.events import EntityKey, EntityKind, Event, RecordRef, parse_record
@@ -110,7 +111,12 @@ async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
     scheduler, entities, metrics = Scheduler(), EntityCache(), Metrics()
     progress = Progress()
     recorder = Recorder(
-        store=store, progress=progress, metrics=metrics, flush_interval_seconds=0.01, batch_size=100
+        store=store,
+        progress=progress,
+        metrics=metrics,
+        flush_interval_seconds=0.01,
+        batch_size=100,
+        admitted=Admitted(),
     )
     dispatcher = Dispatcher(
         api=client,

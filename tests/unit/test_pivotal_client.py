@@ -6,7 +6,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from daemon.errors import AuthError, PermanentError, RateLimitedError, TransientError
+from daemon.errors import (
+    AuthError,
+    InFlightConflictError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
 from daemon.pivotal import ApiResponse, PivotalClient
 
 KEY = "pivotal_live_hidden_key_123"
@@ -101,8 +107,11 @@ def response(status: int, code: str = "", headers: dict[str, str] | None = None)
         (400, "missing_field", PermanentError),
         (404, "not_found", PermanentError),
         (409, "slug_taken", PermanentError),
-        (409, "idempotency_request_in_progress", TransientError),
+        (409, "idempotency_request_in_progress", InFlightConflictError),
         (401, "api_key_revoked", AuthError),
+        (403, "permission_error", AuthError),
+        (408, "", TransientError),
+        (422, "", PermanentError),
         (500, "internal_error", TransientError),
         (503, "", TransientError),
     ],
@@ -119,9 +128,16 @@ def test_a_429_carries_retry_after() -> None:
     assert caught.value.retriable
 
 
-@pytest.mark.parametrize("raw", ["", "soon", "-3", "nan"])
-def test_an_unusable_retry_after_falls_back_to_a_default(raw: str) -> None:
-    assert response(429, headers={"retry-after": raw}).retry_after() == 1.0
+@pytest.mark.parametrize("raw", ["", "soon", "nan"])
+def test_an_unusable_retry_after_is_none_so_the_limiter_decides(raw: str) -> None:
+    with pytest.raises(RateLimitedError) as caught:
+        response(429, headers={"retry-after": raw}).raise_for_status()
+    assert caught.value.retry_after is None
+
+
+def test_an_in_flight_conflict_is_a_transient_error() -> None:
+    assert issubclass(InFlightConflictError, TransientError)
+    assert InFlightConflictError.retriable
 
 
 def test_success_raises_nothing_and_exposes_the_code_of_errors() -> None:

@@ -12,13 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from daemon.backoff import parse_retry_after
 from daemon.metrics import Metrics
 from daemon.ratelimit import (
     DEFAULT_RETRY_AFTER_SECONDS,
     QuotaHeaders,
     RateLimiter,
     parse_quota_headers,
-    parse_retry_after,
 )
 
 EPOCH = 1_750_000_000.0
