@@ -114,6 +114,8 @@ class Daemon:
             reasons.append("kafka not connected")
         if self.dispatcher is not None and self.dispatcher.auth_paused:
             reasons.append("paused: Pivotal refused the API key (401)")
+        if self.dispatcher is not None and self.dispatcher.internal_errors_paused:
+            reasons.append("paused: internal errors on several events in a row (see the logs)")
         if self.stop.is_set():
             reasons.append("shutting down")
         return reasons

@@ -14,13 +14,14 @@ through the rate limiter, and classifies the answer:
 What each answer means is decided once, in `ApiResponse.raise_for_status` (pivotal.py); this
 room matches the error classes of errors.py. Anything else raised while handling a work is a
 bug in the daemon, not a flaky network: it is logged with its traceback and counted
-(`pivotal_sync_internal_errors_total`), the work is tried again a bounded number of times
-(`INTERNAL_ERROR_ATTEMPTS`) and then dead-lettered as `internal_error`, so one poison record
-costs one dead letter and never the stream. When internal errors hit many different entities
-in a row with no success between them (`INTERNAL_ERROR_SYSTEMIC_ENTITIES`), the bug is the
-daemon's, not a record's: it pauses (reason `internal_errors` on /readyz and the metric) and
-keeps retrying with backoff instead of dead-lettering the whole stream; the first success ends
-the pause — the same judgement as for systemic API failures.
+(`pivotal_sync_internal_errors_total`), and the work is tried again with backoff. A record is
+blamed only on evidence: once its work has failed `INTERNAL_ERROR_ATTEMPTS` times *and* other
+works succeeded meanwhile, it is dead-lettered as `internal_error`, so one poison record costs
+one dead letter and never the stream. When internal errors hit several different entities in a
+row with no success between them (`INTERNAL_ERROR_SYSTEMIC_ENTITIES`), the bug is the daemon's,
+not a record's: it pauses (reason `internal_errors` on /readyz and the metric) and keeps
+retrying with backoff instead of dead-lettering the whole stream; the first success ends the
+pause — the same judgement as for systemic API failures.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ RETRY_CAP_SECONDS = 30.0
 # An unexpected exception on one work: tries before its events are dead-lettered.
 INTERNAL_ERROR_ATTEMPTS = 3
 # Distinct entities failing in a row (no success between) that make it the daemon's bug.
-INTERNAL_ERROR_SYSTEMIC_ENTITIES = 5
+INTERNAL_ERROR_SYSTEMIC_ENTITIES = 3
 INTERNAL_ERRORS = "internal_errors"
 INTERNAL_ERROR_DETAIL_CHARS = 300
 # How often blocked children are checked against the parent timeout.
@@ -70,7 +71,7 @@ log = structlog.get_logger("pivotal_sync.dispatcher")
 class Permit(Protocol):
     def complete(self, status: int, headers: Mapping[str, str]) -> None: ...
 
-    def failed(self) -> None: ...
+    def failed(self, *, systemic: bool = True) -> None: ...
 
 
 class Pacer(Protocol):
@@ -152,6 +153,7 @@ class Dispatcher:
         parent_timeout_seconds: float,
         auth_probe_interval_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        backoff: Backoff | None = None,
     ) -> None:
         self._api = api
         self._pacer = pacer
@@ -165,9 +167,11 @@ class Dispatcher:
         self._parent_timeout = parent_timeout_seconds
         self._probe_interval = auth_probe_interval_seconds
         self._clock = clock
-        self._backoff = Backoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
+        self._backoff = backoff or Backoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
         # Entities whose work failed with an internal error since the last success.
         self._failing: set[EntityKey] = set()
+        # Works applied: the evidence that the daemon itself works (see the module doc).
+        self._successes = 0
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._stopping = False
@@ -283,7 +287,7 @@ class Dispatcher:
 
     # -- one work --------------------------------------------------------------------------
     async def _process(self, work: Work) -> None:
-        attempt = 0
+        attempt, successes_before = 0, self._successes
         while True:
             try:
                 applied = await self._apply(work)
@@ -294,7 +298,8 @@ class Dispatcher:
                 raise
             except Exception as exc:  # a bug, not the network (see the module doc)
                 attempt += 1
-                if await self._after_internal_error(work, exc, attempt):
+                others_work = self._successes > successes_before
+                if await self._after_internal_error(work, exc, attempt, others_work):
                     continue
                 self._finish_rejected(work, Rejected(_internal_error_letter(exc, attempt)))
                 return
@@ -302,9 +307,11 @@ class Dispatcher:
             self._finish_applied(work, applied)
             return
 
-    async def _after_internal_error(self, work: Work, exc: Exception, attempt: int) -> bool:
+    async def _after_internal_error(
+        self, work: Work, exc: Exception, attempt: int, others_work: bool
+    ) -> bool:
         """Count and log one internal error; wait and return True to try the work again,
-        False to dead-letter it (its attempts are spent and the daemon is not at fault)."""
+        False to dead-letter it (its attempts are spent and other works succeed meanwhile)."""
         self._metrics.internal_errors.inc()
         self._failing.add(work.entity)
         systemic = self.internal_errors_paused
@@ -318,12 +325,13 @@ class Dispatcher:
         )
         if systemic:
             self._metrics.paused.labels(reason=INTERNAL_ERRORS).set(1)
-        elif attempt >= INTERNAL_ERROR_ATTEMPTS:
+        elif attempt >= INTERNAL_ERROR_ATTEMPTS and others_work:
             return False
         await self._backoff_wait(attempt, "internal_error", type(exc).__name__)
         return True
 
     def _internal_errors_over(self) -> None:
+        self._successes += 1
         if self._failing:
             if self.internal_errors_paused:
                 log.info("internal_errors_pause_ended")
@@ -563,7 +571,7 @@ class Dispatcher:
                 await self._backoff_wait(attempt, "network", str(exc))
                 continue
             except BaseException:
-                permit.failed()
+                permit.failed(systemic=False)  # a bug or a cancellation, not the API
                 raise
             permit.complete(response.status, response.headers)
             self._observe(response, self._clock() - started)

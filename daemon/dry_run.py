@@ -27,7 +27,7 @@ class UnlimitedPacer:
         def complete(self, status: int, headers: Mapping[str, str]) -> None:
             pass
 
-        def failed(self) -> None:
+        def failed(self, *, systemic: bool = True) -> None:
             pass
 
     async def acquire(self) -> _Permit:

@@ -294,10 +294,12 @@ class Permit:
         self._finish()
         self._limiter._on_response(self, status, headers)
 
-    def failed(self) -> None:
-        """No response (timeout, connection error): free the slot, count a systemic failure."""
+    def failed(self, *, systemic: bool = True) -> None:
+        """No response: free the slot (it stays counted in the window: the request may have
+        arrived). A timeout or connection error is a systemic failure; a bug in the daemon
+        (`systemic=False`) says nothing about the API."""
         self._finish()
-        self._limiter._on_failure(self)
+        self._limiter._on_failure(self, systemic=systemic)
 
 
 class RateLimiter:
@@ -722,11 +724,12 @@ class RateLimiter:
         self._publish(now)
         self._notify()
 
-    def _on_failure(self, permit: Permit) -> None:
+    def _on_failure(self, permit: Permit, *, systemic: bool) -> None:
         now = self._clock()
         self._in_flight -= 1
         self._settle(permit, now)
-        self._systemic_failure(now, "no_response")
+        if systemic:
+            self._systemic_failure(now, "no_response")
         self._publish(now)
         self._notify()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +14,13 @@ import pytest
 from pydantic import SecretStr
 
 from daemon.admitted import Admitted
+from daemon.backoff import Backoff
 from daemon.dispatcher import Dispatcher, idempotency_key
 from daemon.entities import EntityCache, Intent
 from daemon.events import EntityKey, EntityKind, Event, RecordRef, parse_record
 from daemon.metrics import Metrics
 from daemon.outcomes import EntityState, Finished, Outcome
-from daemon.pivotal import PivotalClient
+from daemon.pivotal import ApiResponse, PivotalClient
 from daemon.progress import Progress
 from daemon.ratelimit import RateLimiter
 from daemon.recorder import Recorder
@@ -56,6 +57,8 @@ class Harness:
     entities: EntityCache
     recorder: Recorder
     store: MemoryStore
+    metrics: Metrics
+    client: BuggyClient
     offsets: int = 0
 
     def event(self, type_: str, subject: str, data: dict[str, Any] | None = None) -> Event:
@@ -101,10 +104,22 @@ class Harness:
         return [f"{r['method']} {r['status']}" for r in answer.json()["requests"]]
 
 
+class BuggyClient(PivotalClient):
+    """The real client with an injected programming error: creating a customer whose name
+    starts with "poison" raises, as a bug in the send path would (while `bug` is on)."""
+
+    bug = True
+
+    async def create_customer(self, body: Mapping[str, Any], idempotency_key: str) -> ApiResponse:
+        if self.bug and str(body.get("name", "")).startswith("poison"):
+            raise ZeroDivisionError("injected bug")
+        return await super().create_customer(body, idempotency_key)
+
+
 @pytest.fixture
 async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
     transport = httpx.ASGITransport(app=sandbox_app.app)
-    client = PivotalClient(
+    client = BuggyClient(
         base_url="http://sandbox/api/v1", api_key=SecretStr(PAID_KEY), transport=transport
     )
     store = MemoryStore()
@@ -131,6 +146,7 @@ async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
         adopt_slug_conflicts=True,
         parent_timeout_seconds=60,
         auth_probe_interval_seconds=0.05,
+        backoff=Backoff(0.001, 0.01),  # instant retries: the schedule is not under test here
     )
     # Progress must know the offsets the recorder will release.
     original_submit = dispatcher.submit
@@ -142,7 +158,7 @@ async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
     dispatcher.submit = tracked_submit  # type: ignore[method-assign]
     stop = asyncio.Event()
     running = asyncio.create_task(dispatcher.run(stop, 5.0))
-    yield Harness(sandbox_app, dispatcher, scheduler, entities, recorder, store)
+    yield Harness(sandbox_app, dispatcher, scheduler, entities, recorder, store, metrics, client)
     stop.set()
     await running
     await client.aclose()
@@ -311,3 +327,43 @@ async def test_an_intent_left_by_a_crash_is_replayed_so_no_duplicate_appears(
 
 def outcome_of(finished: Sequence[Finished], event_id: str) -> Outcome:
     return next(f.outcome for f in finished if f.event_id == event_id)
+
+
+async def test_a_bug_on_one_event_dead_letters_it_as_internal_error_and_the_stream_goes_on(
+    harness: Harness,
+) -> None:
+    harness.submit(
+        harness.event("customer.created", "cus_bad", {"name": "poison pill"}),
+        harness.event("customer.created", "cus_ok", {"name": "Aurora"}),
+    )
+    await harness.drain()
+    letter = next(f.dead_letter for f in harness.store.finished if f.event_id == "evt-1")
+    assert letter is not None
+    assert letter.reason == "internal_error"
+    assert letter.detail.startswith("ZeroDivisionError after 3 attempts")
+    assert outcome_of(harness.store.finished, "evt-2") is Outcome.SENT
+    assert harness.metrics.internal_errors._value.get() == 3
+    # Never mistaken for the network: no request was retried, none counted as a network retry.
+    assert harness.metrics.retries.labels(reason="network")._value.get() == 0
+    assert await harness.requests() == ["POST 201"]
+    assert not harness.dispatcher.internal_errors_paused
+
+
+async def test_a_bug_on_many_entities_in_a_row_pauses_instead_of_dead_lettering_them(
+    harness: Harness,
+) -> None:
+    harness.submit(
+        *(harness.event("customer.created", f"cus_{n}", {"name": f"poison {n}"}) for n in range(4))
+    )
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if harness.dispatcher.internal_errors_paused:
+            break
+    assert harness.dispatcher.internal_errors_paused
+    assert harness.metrics.paused.labels(reason="internal_errors")._value.get() == 1
+    assert harness.store.finished == []
+    harness.client.bug = False  # the fix is deployed: the same events now go through
+    await harness.drain()
+    assert sorted(harness.store.outcomes().values()) == ["sent"] * 4
+    assert not harness.dispatcher.internal_errors_paused
+    assert harness.metrics.paused.labels(reason="internal_errors")._value.get() == 0
