@@ -11,7 +11,7 @@ plus `schema_migrations`, the ledger of the numbered SQL files in `migrations/`.
 live in `queries.sql`, one named block each.
 
 `record()` writes a batch of finished events in ONE transaction: only once it returns may the
-Kafka offsets below them be committed (DESIGN.md "Guarantees"). Everything it writes is
+Kafka offsets below them be committed (README.md, "Guarantees"). Everything it writes is
 idempotent, so writing a batch again after a crash or a replay is harmless.
 """
 
@@ -84,6 +84,8 @@ def load_queries() -> dict[str, str]:
 
 
 QUERIES = load_queries()
+# Postgres is asked about this many ids at a time (one array parameter per query).
+LOOKUP_CHUNK = 5000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -102,6 +104,16 @@ class DeadLetterRow:
     last_seen: datetime
     retried_at: datetime | None
     retry_count: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EventOutcome:
+    """What the daemon's tables say about one event id (the import and redrive reports)."""
+
+    outcome: str
+    kind: str | None
+    reason: str | None = None
+    attempts: int = 0  # requests Pivotal answered for a dead-lettered event
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -210,12 +222,37 @@ class CheckpointStore:
 
     async def finished_ids(self, ids: Sequence[str]) -> set[str]:
         """The subset of these event ids that already have a checkpoint."""
-        if not ids:
-            return set()
-        rows = await self._pool.fetch(QUERIES["finished_ids"], [_text(i) for i in ids])
-        # Map back through _text so an id that had to be cleaned is still recognised.
-        found = {r["event_id"] for r in rows}
-        return {i for i in ids if _text(i) in found}
+        found: set[str] = set()
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = ids[start : start + LOOKUP_CHUNK]
+            rows = await self._pool.fetch(QUERIES["finished_ids"], [_text(i) for i in chunk])
+            # Map back through _text so an id that had to be cleaned is still recognised.
+            known = {r["event_id"] for r in rows}
+            found |= {i for i in chunk if _text(i) in known}
+        return found
+
+    # -- the operator tools' reads ---------------------------------------------------------------
+
+    async def outcomes(self, ids: Sequence[str]) -> dict[str, EventOutcome]:
+        """Event id → what became of it; ids without a checkpoint row are absent."""
+        found: dict[str, EventOutcome] = {}
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = [_text(i) for i in ids[start : start + LOOKUP_CHUNK]]
+            for row in await self._pool.fetch(QUERIES["event_outcomes"], chunk):
+                found[row["event_id"]] = EventOutcome(
+                    outcome=row["outcome"],
+                    kind=row["entity_kind"],
+                    reason=row["reason"] if row["outcome"] == "dead_lettered" else None,
+                    # Only a dead letter Pivotal answered cost requests (parent_missing or an
+                    # invalid event never left).
+                    attempts=(row["attempts"] or 0) if row["http_status"] is not None else 0,
+                )
+        return found
+
+    async def dead_letter_states(self) -> dict[str, int]:
+        """Dead letters by state: open, retrying (redriven, not finished), resolved."""
+        rows = await self._pool.fetch(QUERIES["dead_letter_states"])
+        return {"open": 0, "retrying": 0, "resolved": 0} | {r["state"]: r["n"] for r in rows}
 
     async def load_entities(self, keys: Sequence[EntityKey]) -> dict[EntityKey, EntityState]:
         """Entity map rows for these keys; unknown keys are absent."""
@@ -228,15 +265,6 @@ class CheckpointStore:
         )
         states = [_entity_state(r) for r in rows]
         return {s.key: s for s in states}
-
-    async def load_customer_ids(self, customer_external_ids: Sequence[str]) -> dict[str, str]:
-        """External id → Pivotal id of the live customers among these (parent gating)."""
-        if not customer_external_ids:
-            return {}
-        rows = await self._pool.fetch(
-            QUERIES["load_customer_ids"], [_text(i) for i in customer_external_ids]
-        )
-        return {r["external_id"]: r["pivotal_id"] for r in rows}
 
     # -- the daemon's write --------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The event contract: one Kafka record → one validated `Event`, or an `InvalidEventError`.
 
-No I/O here. See DESIGN.md "The event contract" for the wire format (CloudEvents 1.0, structured
+No I/O here. See docs/events.md for the wire format (CloudEvents 1.0, structured
 JSON mode, record key = the customer's external id, tombstone = delete of the key's customer).
 
     parse_record(record) -> Event          raises InvalidEventError(reason, detail)
@@ -175,7 +175,7 @@ def _tombstone(record: RecordRef) -> Event:
         customer = record.key.decode("utf-8") if record.key is not None else ""
     except UnicodeDecodeError:
         raise InvalidEventError("missing_key", "tombstone key is not UTF-8") from None
-    problem = _identifier_problem(customer)
+    problem = identifier_problem(customer)
     if problem:
         raise InvalidEventError("missing_key", f"tombstone key {problem}")
     return Event(
@@ -224,13 +224,14 @@ def _optional_identifier(document: Mapping[str, Any], name: str, reason: str) ->
         return None
     if not isinstance(value, str):
         raise InvalidEventError(reason, f"`{name}` must be a string, got {_json_type(value)}")
-    problem = _identifier_problem(value)
+    problem = identifier_problem(value)
     if problem:
         raise InvalidEventError(reason, f"`{name}` {problem}")
     return value
 
 
-def _identifier_problem(value: str) -> str | None:
+def identifier_problem(value: str) -> str | None:
+    """What makes `value` unusable as an external id or event id (None: nothing)."""
     if not value:
         return "is empty"
     if len(value) > MAX_ID_CHARS:
@@ -272,7 +273,7 @@ def _customer_of(kind: EntityKind, subject: str | None, data: Mapping[str, Any])
         raise InvalidEventError(
             "invalid_field", f"data.customer: expected a string, got {_json_type(customer)}"
         )
-    problem = _identifier_problem(customer)
+    problem = identifier_problem(customer)
     if problem:
         raise InvalidEventError("invalid_field", f"data.customer: {problem}")
     return customer
@@ -319,7 +320,7 @@ def _record_time(timestamp_ms: int | None) -> datetime | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Field rules: what Pivotal would certainly reject (pivotal-api.md §5). A checker returns the
+# Field rules: what Pivotal would certainly reject (docs/pivotal-api.md §5). A checker returns the
 # problem in a few words, or None when the value is acceptable.
 
 FieldCheck = Callable[[Any], str | None]

@@ -42,13 +42,6 @@ SELECT e.kind, e.external_id, e.pivotal_id, e.customer_external_id, e.last_seque
 FROM entities AS e
 JOIN unnest($1::text[], $2::text[]) AS k (kind, external_id) USING (kind, external_id);
 
--- load_customer_ids --
--- Pivotal ids of live customers (parent gating): deleted or not yet created ones are absent
-SELECT external_id, pivotal_id
-FROM entities
-WHERE kind = 'customer' AND external_id = ANY($1::text[])
-  AND NOT deleted AND pivotal_id IS NOT NULL;
-
 -- insert_checkpoints --
 -- Mark events finished; an id finished before keeps its first row (replays are harmless)
 INSERT INTO checkpoints (
@@ -195,3 +188,20 @@ DELETE FROM checkpoints
 WHERE event_id IN (
     SELECT event_id FROM checkpoints WHERE finished_at < $1 ORDER BY finished_at LIMIT $2
 );
+
+-- event_outcomes --
+-- What the daemon recorded for these event ids, with the dead letter when there is one
+SELECT c.event_id, c.outcome, c.entity_kind, d.reason, d.attempts, d.http_status
+FROM checkpoints AS c LEFT JOIN dead_letters AS d USING (event_id)
+WHERE c.event_id = ANY($1::text[]);
+
+-- dead_letter_states --
+-- Dead letters by state: open (still failing), retrying (redriven, not finished), resolved
+SELECT CASE
+         WHEN c.event_id IS NULL THEN 'retrying'
+         WHEN c.outcome <> 'dead_lettered' THEN 'resolved'
+         ELSE 'open'
+       END AS state,
+       count(*) AS n
+FROM dead_letters AS d LEFT JOIN checkpoints AS c USING (event_id)
+GROUP BY 1;

@@ -113,7 +113,6 @@ WINDOW_CHANGE_LOG_FRACTION = 0.05
 # Log the rate only when it moves by more than this fraction.
 RATE_CHANGE_LOG_FRACTION = 0.1
 
-AUTH = "auth"
 SERVER_ERRORS = "server_errors"
 
 

@@ -67,7 +67,6 @@ class Recorder:
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
         self._backoff = Backoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
-        self.healthy = True
 
     def add(self, finished: Sequence[Finished], entities: Sequence[EntityState] = ()) -> None:
         for item in finished:
@@ -113,7 +112,6 @@ class Recorder:
                     for state in entities:
                         self._entities.setdefault(state.key, state)
                     attempt += 1
-                    self.healthy = False
                     self._metrics.checkpoint_failures.inc()
                     delay = self._backoff.delay(attempt)
                     log.warning(
@@ -125,7 +123,6 @@ class Recorder:
                     )
                     await asyncio.sleep(delay)
                     continue
-                self.healthy = True
                 self._release(finished)
 
     async def _write(self, finished: list[Finished], entities: list[EntityState]) -> None:

@@ -8,7 +8,6 @@ the real daemon against the real stand-ins (`standins`, `sandbox`).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -19,10 +18,8 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.tools import status
 from devtools.local_services import Broker, free_port
 
 STOP_TIMEOUT_SECONDS = 30.0
@@ -70,12 +67,7 @@ class DaemonProcess:
             text = httpx.get(f"{self.url}/metrics", timeout=5).text
         except httpx.HTTPError:
             return {}
-        samples: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return samples
+        return status.parse_samples(text)
 
     def total(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
@@ -165,19 +157,4 @@ async def committed_offsets(
     bootstrap_servers: str, group_id: str, topic: str, partitions: int
 ) -> dict[int, int]:
     """What the group committed, per partition (-1: nothing yet)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        # tansu needs the partitions spelled out.
-        answer = await admin.list_consumer_group_offsets(
-            group_id, partitions=[TopicPartition(topic, p) for p in range(partitions)]
-        )
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in answer.items()}
-
-
-def committed_offsets_sync(
-    bootstrap_servers: str, group_id: str, topic: str, partitions: int
-) -> dict[int, int]:
-    return asyncio.run(committed_offsets(bootstrap_servers, group_id, topic, partitions))
+    return await status.committed_offsets(bootstrap_servers, group_id, topic, range(partitions))

@@ -14,10 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 from daemon.errors import InvalidEventError
 from daemon.events import Action, EntityKind, RecordRef, parse_record
+from daemon.tools.importing import Outgoing, produce
 
 STATUSES = ("onboarding", "active", "at_risk")
 PHASES = ("before_getting_started", "program_design", "review", "program_buildout", "launch")
@@ -290,29 +289,9 @@ def expected_state(messages: Iterable[Message], topic: str = "t") -> ExpectedSta
 async def publish(
     bootstrap_servers: str, topic: str, messages: Sequence[Message]
 ) -> dict[int, int]:
-    """Publish in order (one producer, acks=all): per-key order is what the CRM guarantees.
-
-    Returns the end offset (last offset + 1) written to each partition."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
-    await producer.start()
-    ends: dict[int, int] = {}
-    try:
-        batch = []
-        for message in messages:
-            batch.append(await producer.send(topic, key=message.key, value=message.value))
-            if len(batch) >= 1000:
-                await _drain(batch, ends)
-        await _drain(batch, ends)
-    finally:
-        await producer.stop()
-    return ends
-
-
-async def _drain(futures: list[Any], ends: dict[int, int]) -> None:
-    for future in futures:
-        meta = await future
-        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
-    futures.clear()
+    """Publish in order, as `pivotal-sync import` does; the end offset written per partition."""
+    records = [Outgoing(key=m.key, value=m.value) for m in messages]
+    return (await produce(bootstrap_servers, topic, records)).end_offsets
 
 
 def compare(expected: ExpectedState, records: Mapping[str, list[dict[str, Any]]]) -> list[str]:

@@ -1,6 +1,6 @@
 """What a sandbox is started with: its keys, its window and every (assumed) choice.
 
-Each choice the docs leave open (pivotal-api.md section 8, items marked "(assumed)") is a field
+Each choice the docs leave open (docs/pivotal-api.md section 8, items marked "(assumed)") is a field
 here with the assumed value as default, so a test or a benchmark can flip it; docs/sandbox.md
 lists them with their flags.
 """

@@ -1,7 +1,7 @@
 """The error envelope Pivotal answers with, and the one exception that carries it.
 
 Every non-2xx body is `{"error": {"type", "code", "message", "field"?}}` and the status decides
-the type (section 3 of pivotal-api.md): a handler raises `ApiError` anywhere and the pipeline
+the type (section 3 of docs/pivotal-api.md): a handler raises `ApiError` anywhere and the pipeline
 turns it into that body. Codes the docs leave unspecified are marked (assumed) in docs/sandbox.md
 and can be renamed with `--error-code OLD=NEW`.
 """

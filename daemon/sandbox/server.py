@@ -24,7 +24,7 @@ GRACEFUL_SHUTDOWN_SECONDS = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sandbox's flags; each (assumed) choice of pivotal-api.md section 8 has one."""
+    """The sandbox's flags; each (assumed) choice of docs/pivotal-api.md section 8 has one."""
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to listen on")
     add("--port", type=int, default=8080, help="port to listen on; 0 picks a free one")

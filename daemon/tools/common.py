@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from daemon.checkpoints import CheckpointStore
     from daemon.config import Settings
 
 EXIT_OK = 0
@@ -129,3 +130,10 @@ def settings() -> Settings:
 
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+async def open_store(config: Settings) -> CheckpointStore:
+    """The daemon's tables, for a tool: a small pool (a tool runs one query at a time)."""
+    from daemon.checkpoints import CheckpointStore  # noqa: PLC0415 - keeps --help fast
+
+    return await CheckpointStore.connect(config.require_database_url(), max_size=2)

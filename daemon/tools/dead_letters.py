@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from daemon.checkpoints import MAX_REDRIVES, DeadLetterRow
+from daemon.checkpoints import MAX_REDRIVES, CheckpointStore, DeadLetterRow, EventOutcome
 from daemon.config import Settings
 from daemon.tools.common import (
     EXIT_OK,
@@ -37,6 +37,7 @@ from daemon.tools.common import (
     EXIT_USAGE,
     ProgressBar,
     error,
+    open_store,
     parse_time,
     positive_int,
     print_json,
@@ -44,7 +45,6 @@ from daemon.tools.common import (
     settings,
 )
 from daemon.tools.importing import Outgoing, Progress, produce
-from daemon.tools.status import EventOutcome, Tables
 
 REDRIVE_HEADER = "pivotal-sync-redrive"
 # Upper bound on the rows one `retry`/`purge --all` looks at (they page through newest first).
@@ -85,22 +85,24 @@ def state_of(outcome: EventOutcome | None) -> str:
     return "open" if outcome.outcome == "dead_lettered" else "resolved"
 
 
-async def letters(tables: Tables, filters: Filters, ids: Sequence[int] = ()) -> list[Letter]:
+async def letters(
+    store: CheckpointStore, filters: Filters, ids: Sequence[int] = ()
+) -> list[Letter]:
     """The dead letters named by `ids`, or else matching `filters`, newest first."""
     if ids:
-        found = [await tables.store.dead_letter(i) for i in ids]
+        found = [await store.dead_letter(i) for i in ids]
         rows = [row for row in found if row is not None]
     else:
         # The state filter is applied here, after the query: fetch generously.
         limit = MAX_ROWS if filters.state else filters.limit
-        rows = await tables.store.dead_letters(
+        rows = await store.dead_letters(
             reason=filters.reason,
             status=filters.status,
             entity=filters.entity,
             since=filters.since,
             limit=limit,
         )
-    outcomes = await tables.outcomes([row.event_id for row in rows])
+    outcomes = await store.outcomes([row.event_id for row in rows])
     result = [Letter(row=row, state=state_of(outcomes.get(row.event_id))) for row in rows]
     if filters.state is not None:
         result = [letter for letter in result if letter.state == filters.state]
@@ -157,7 +159,7 @@ class RetryResult:
 
 async def retry(
     settings: Settings,
-    tables: Tables,
+    store: CheckpointStore,
     plan: RetryPlan,
     *,
     max_redrives: int = MAX_REDRIVES,
@@ -168,33 +170,33 @@ async def retry(
     if not plan.send:
         return result
     claimed = set(
-        await tables.store.mark_dead_letters_retried(
+        await store.mark_dead_letters_retried(
             [row.id for row in plan.send], max_redrives=max_redrives
         )
     )
     result.sent = [row for row in plan.send if row.id in claimed]
     result.refused = [row for row in plan.send if row.id not in claimed]
     if result.sent:
-        await tables.store.forget_events([row.event_id for row in result.sent])
+        await store.forget_events([row.event_id for row in result.sent])
         records = [redrive_record(row, row.retry_count + 1) for row in result.sent]
         await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, records, progress)
     return result
 
 
 async def purge(
-    tables: Tables, filters: Filters, ids: Sequence[int] = (), *, everything: bool = False
+    store: CheckpointStore, filters: Filters, ids: Sequence[int] = (), *, everything: bool = False
 ) -> int:
     """Delete dead letters by ids and/or filters, or all of them; return how many."""
     if filters.state is not None or everything:
         # The store filters by columns only; states (and "all") are resolved to ids here.
         wide = dataclasses.replace(filters, limit=MAX_ROWS)
-        chosen = await letters(tables, wide, ids)
+        chosen = await letters(store, wide, ids)
         if not chosen:
             return 0
-        return await tables.store.delete_dead_letters([letter.row.id for letter in chosen])
+        return await store.delete_dead_letters([letter.row.id for letter in chosen])
     if not ids and not filters.any:
         raise ValueError("purge needs ids or a filter (or everything=True)")
-    return await tables.store.delete_dead_letters(
+    return await store.delete_dead_letters(
         list(ids) or None,
         reason=filters.reason,
         status=filters.status,
@@ -222,8 +224,8 @@ def run_list(args: argparse.Namespace) -> int:
     config = settings()
 
     async def run() -> int:
-        async with await Tables.connect(config.require_database_url()) as tables:
-            found = await letters(tables, _filters(args))
+        async with await open_store(config) as store:
+            found = await letters(store, _filters(args))
         if args.json:
             print_json([letter_json(letter, full=False) for letter in found])
         else:
@@ -237,8 +239,8 @@ def run_show(args: argparse.Namespace) -> int:
     config = settings()
 
     async def run() -> int:
-        async with await Tables.connect(config.require_database_url()) as tables:
-            found = await letters(tables, Filters(), [args.id])
+        async with await open_store(config) as store:
+            found = await letters(store, Filters(), [args.id])
         if not found:
             error(f"no dead letter {args.id}")
             return EXIT_PROBLEMS
@@ -265,15 +267,15 @@ def run_retry(args: argparse.Namespace) -> int:
         filters = dataclasses.replace(filters, limit=MAX_ROWS)
 
     async def run() -> int:
-        async with await Tables.connect(config.require_database_url()) as tables:
-            found = await letters(tables, filters, args.ids)
+        async with await open_store(config) as store:
+            found = await letters(store, filters, args.ids)
             plan = plan_retry(found, args.max_redrives)
             if args.dry_run:
                 result = None
             else:
                 bar = ProgressBar("redriven", enabled=not args.json)
                 result = await retry(
-                    config, tables, plan, max_redrives=args.max_redrives, progress=bar
+                    config, store, plan, max_redrives=args.max_redrives, progress=bar
                 )
                 bar.close()
         if args.json:
@@ -297,13 +299,13 @@ def run_purge(args: argparse.Namespace) -> int:
     config = settings()
 
     async def run() -> int:
-        async with await Tables.connect(config.require_database_url()) as tables:
+        async with await open_store(config) as store:
             if args.dry_run:
                 wide = dataclasses.replace(filters, limit=MAX_ROWS)
-                found = await letters(tables, wide, args.ids)
+                found = await letters(store, wide, args.ids)
                 print(f"would delete {len(found)} dead letters")
                 return EXIT_OK
-            deleted = await purge(tables, filters, args.ids, everything=args.all)
+            deleted = await purge(store, filters, args.ids, everything=args.all)
         print(f"deleted {deleted} dead letters")
         return EXIT_OK
 

@@ -1,8 +1,9 @@
 """`pivotal-sync import`: a CSV or JSON Lines file of customers becomes events on the topic.
 
-The import never talks to Pivotal. It turns each row into events of the DESIGN.md contract and
-publishes them to the topic the daemon consumes, so the rows get every guarantee the stream
-gets (per-customer order, coalescing, parent gating, checkpoints, the rate limiter).
+The import never talks to Pivotal. It turns each row into events of the contract in
+docs/events.md and publishes them to the topic the daemon consumes, so the rows get every
+guarantee the stream gets (per-customer order, coalescing, parent gating, checkpoints, the
+rate limiter).
 
     read_changes(files) -> Plan      rows → validated Changes, bad rows → Rejections; no I/O
                                      except reading the files
@@ -31,13 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from daemon.checkpoints import CheckpointStore, EventOutcome
 from daemon.config import Settings
 from daemon.events import (
     FIELD_RULES,
-    MAX_ID_CHARS,
     EntityKind,
     RecordRef,
     field_problems,
+    identifier_problem,
     parse_record,
 )
 from daemon.tools.common import (
@@ -46,11 +48,12 @@ from daemon.tools.common import (
     EXIT_USAGE,
     ProgressBar,
     error,
+    open_store,
     print_json,
     run_command,
     settings,
 )
-from daemon.tools.status import EventOutcome, Tables, daemon_requests
+from daemon.tools.status import daemon_requests
 
 EVENT_SOURCE = "pivotal-sync/import"
 ID_PREFIX = "import:"
@@ -68,7 +71,7 @@ OBJECT_FIELDS = frozenset({"metadata"})
 LIST_FIELDS = frozenset({"labels"})  # "a;b" or a JSON array
 _TRUE = frozenset({"true", "yes", "1", "y", "t"})
 _FALSE = frozenset({"false", "no", "0", "n", "f"})
-# Pivotal requires these on create (pivotal-api.md §5.4, §5.5 and the sandbox).
+# Pivotal requires these on create (docs/pivotal-api.md §5.4, §5.5 and the sandbox).
 REQUIRED_FIELDS: Mapping[EntityKind, tuple[str, ...]] = {
     EntityKind.CUSTOMER: ("name",),
     EntityKind.CONTACT: ("name",),
@@ -248,11 +251,8 @@ def _identifier_problem(name: str, value: Any) -> str | None:
         value = str(value)
     if not isinstance(value, str):
         return f"{name} must be a string"
-    if len(value) > MAX_ID_CHARS:
-        return f"{name} is longer than {MAX_ID_CHARS} characters"
-    if "\x00" in value:
-        return f"{name} contains a NUL character"
-    return None
+    problem = identifier_problem(value)
+    return f"{name} {problem}" if problem else None
 
 
 def _entity(
@@ -497,6 +497,12 @@ def build_record(change: Change, now: datetime | None = None) -> Outgoing:
     return Outgoing(key=key, value=value, headers=((IMPORT_HEADER, change.source.encode()),))
 
 
+@dataclass(frozen=True, slots=True)
+class Produced:
+    count: int
+    end_offsets: dict[int, int]  # partition → last offset written + 1
+
+
 async def produce(
     bootstrap_servers: str,
     topic: str,
@@ -504,8 +510,9 @@ async def produce(
     progress: Progress | None = None,
     *,
     max_rate: float | None = None,
-) -> int:
-    """Produce in order with one producer (acks=all); return how many.
+) -> Produced:
+    """Produce in order with one producer (acks=all): per-key order is what the CRM
+    guarantees, and what the daemon relies on.
 
     `max_rate` (records per second) spreads a big import out, for a topic other consumers
     share; the daemon paces Pivotal by itself either way."""
@@ -513,7 +520,7 @@ async def produce(
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
     await producer.start()
-    done = 0
+    done, ends = 0, dict[int, int]()
     try:
         pending: list[asyncio.Future[Any]] = []
         started = time.monotonic()
@@ -526,17 +533,22 @@ async def produce(
                 )
             )
             if len(pending) >= PRODUCE_BATCH:
-                done += await _settle(pending, done, len(records), progress)
-        done += await _settle(pending, done, len(records), progress)
+                done += await _settle(pending, done, len(records), progress, ends)
+        done += await _settle(pending, done, len(records), progress, ends)
     finally:
         await producer.stop()
-    return done
+    return Produced(count=done, end_offsets=ends)
 
 
 async def _settle(
-    pending: list[asyncio.Future[Any]], done: int, total: int, progress: Progress | None
+    pending: list[asyncio.Future[Any]],
+    done: int,
+    total: int,
+    progress: Progress | None,
+    ends: dict[int, int],
 ) -> int:
-    await asyncio.gather(*pending)
+    for meta in await asyncio.gather(*pending):
+        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
     count = len(pending)
     pending.clear()
     if progress is not None:
@@ -558,7 +570,7 @@ class ImportReport:
     ignored_columns: list[str]
     already_finished: int = 0
     published: int = 0
-    # Filled by --wait, from the daemon's checkpoint and dead-letter tables.
+    # Filled by --wait, from the daemon's checkpoint and dead-letter store.
     waited: bool = False
     caught_up: bool = False
     succeeded: dict[str, int] = field(default_factory=dict)
@@ -605,7 +617,7 @@ def outcome_counts(
 
 
 async def wait_for_daemon(
-    tables: Tables,
+    store: CheckpointStore,
     ids: Sequence[str],
     timeout_seconds: float,
     progress: Progress | None = None,
@@ -614,7 +626,7 @@ async def wait_for_daemon(
     deadline = time.monotonic() + timeout_seconds
     wanted = len(set(ids))
     while True:
-        found = await tables.outcomes(ids)
+        found = await store.outcomes(ids)
         if progress is not None:
             progress(len(found), wanted)
         if len(found) >= wanted or time.monotonic() >= deadline:
@@ -649,21 +661,22 @@ async def run_import(
     )
     records = {change.event_id: build_record(change) for change in plan.changes}
     ids = list(records)
-    async with await Tables.connect(settings.require_database_url()) as tables:
-        finished = await tables.finished_ids(ids)
+    async with await open_store(settings) as store:
+        finished = await store.finished_ids(ids)
         report.already_finished = len(finished)
         todo = [records[i] for i in ids if i not in finished]
         before = await daemon_requests(options.metrics_url)
         if not options.dry_run and todo:
-            report.published = await produce(
+            produced = await produce(
                 settings.kafka_bootstrap_servers,
                 settings.kafka_topic,
                 todo,
                 on_publish,
                 max_rate=options.max_rate,
             )
+            report.published = produced.count
         if options.wait and not options.dry_run:
-            found = await wait_for_daemon(tables, ids, options.wait_timeout_seconds, on_wait)
+            found = await wait_for_daemon(store, ids, options.wait_timeout_seconds, on_wait)
             report.waited = True
             counts = outcome_counts(found, plan.changes)
             report.succeeded, report.dead_lettered, report.outcomes = counts[:3]

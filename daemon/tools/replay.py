@@ -27,13 +27,13 @@ from daemon.tools.common import (
     EXIT_USAGE,
     ProgressBar,
     error,
+    open_store,
     parse_time,
     print_json,
     run_command,
     settings,
 )
 from daemon.tools.importing import Outgoing, Progress, produce
-from daemon.tools.status import Tables
 
 REPLAY_HEADER = "pivotal-sync-replay"
 REPLAY_FETCH_TIMEOUT_MS = 500
@@ -244,9 +244,9 @@ async def replay(
     records = await read_slice(
         settings.kafka_bootstrap_servers, settings.kafka_topic, piece, report
     )
-    async with await Tables.connect(settings.require_database_url()) as tables:
+    async with await open_store(settings) as store:
         ids = [i for i in (record_event_id(r) for r in records) if i is not None]
-        finished = await tables.finished_ids(ids)
+        finished = await store.finished_ids(ids)
         chosen = choose(records, finished, force=force, report=report)
         report.planned = [
             {"partition": r.partition, "offset": r.offset, "event_id": i, "finished": i in finished}
@@ -255,15 +255,14 @@ async def replay(
         if dry_run or not chosen:
             return report
         if force:
-            report.forgotten = await tables.store.forget_events(
-                [i for _, i in chosen if i in finished]
-            )
-        report.published = await produce(
+            report.forgotten = await store.forget_events([i for _, i in chosen if i in finished])
+        produced = await produce(
             settings.kafka_bootstrap_servers,
             settings.kafka_topic,
             [replay_record(r) for r, _ in chosen],
             progress,
         )
+        report.published = produced.count
     return report
 
 

@@ -2,9 +2,8 @@
 
 Everything here is read-only and comes from where the daemon keeps its truth:
 
-- Postgres (`Tables`): outcomes, dead letters, last checkpoint, and the outcome of given event
-  ids (the import and redrive reports) — the daemon's own tables, through `CheckpointStore`
-  plus the few read queries below;
+- Postgres (`CheckpointStore`): outcomes, dead letters, last checkpoint — the daemon's own
+  tables;
 - Kafka (`partition_lag`): per partition, the group's committed offset against the high
   watermark;
 - the daemon's `/metrics` (`quota`), when one answers: the rate limiter's view of the quota.
@@ -20,48 +19,24 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import asyncpg
 import httpx
 from aiokafka.errors import KafkaError
 
-from daemon.checkpoints import CheckpointStore, StoreSummary
+from daemon.checkpoints import StoreSummary
 from daemon.config import Settings
 from daemon.tools.common import (
     EXIT_OK,
+    open_store,
     run_command,
     settings,
 )
 
-# Postgres is asked about this many ids at a time (one array parameter per query).
-LOOKUP_CHUNK = 5000
 METRICS_TIMEOUT_SECONDS = 2.0
 # Fetches needed to learn every partition's high watermark (one is usually enough).
 HIGHWATER_FETCH_ATTEMPTS = 5
 HIGHWATER_FETCH_TIMEOUT_MS = 500
-
-# -- event_outcomes --
-# What the daemon recorded for these event ids, with the dead letter when there is one.
-EVENT_OUTCOMES = """
-SELECT c.event_id, c.outcome, c.entity_kind, d.reason, d.attempts, d.http_status
-FROM checkpoints AS c LEFT JOIN dead_letters AS d USING (event_id)
-WHERE c.event_id = ANY($1::text[])
-"""
-
-# -- dead_letter_states --
-# Dead letters by state: open (still failing), retrying (redriven, not finished), resolved.
-DEAD_LETTER_STATES = """
-SELECT CASE
-         WHEN c.event_id IS NULL THEN 'retrying'
-         WHEN c.outcome <> 'dead_lettered' THEN 'resolved'
-         ELSE 'open'
-       END AS state,
-       count(*) AS n
-FROM dead_letters AS d LEFT JOIN checkpoints AS c USING (event_id)
-GROUP BY 1
-"""
 
 QUOTA_GAUGES = {
     "pivotal_sync_ratelimit_limit": "limit",
@@ -71,65 +46,6 @@ QUOTA_GAUGES = {
     "pivotal_sync_ratelimit_tokens": "tokens",
     "pivotal_sync_api_requests_in_flight": "in_flight",
 }
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class EventOutcome:
-    """What the daemon's tables say about one event id."""
-
-    outcome: str
-    kind: str | None
-    reason: str | None = None
-    attempts: int = 0  # requests Pivotal answered for a dead-lettered event
-
-
-class Tables:
-    """The daemon's Postgres tables, for reading (and the few operator writes of the store)."""
-
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
-        self._pool = pool
-        self.store = CheckpointStore(pool)
-
-    @classmethod
-    async def connect(cls, dsn: str) -> Tables:
-        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=2, command_timeout=30))
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.store.close()
-
-    async def finished_ids(self, ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for start in range(0, len(ids), LOOKUP_CHUNK):
-            found |= await self.store.finished_ids(ids[start : start + LOOKUP_CHUNK])
-        return found
-
-    async def outcomes(self, ids: Sequence[str]) -> dict[str, EventOutcome]:
-        """Event id → what became of it; ids without a checkpoint row are absent."""
-        found: dict[str, EventOutcome] = {}
-        for start in range(0, len(ids), LOOKUP_CHUNK):
-            rows = await self._pool.fetch(EVENT_OUTCOMES, list(ids[start : start + LOOKUP_CHUNK]))
-            for row in rows:
-                found[row["event_id"]] = EventOutcome(
-                    outcome=row["outcome"],
-                    kind=row["entity_kind"],
-                    reason=row["reason"] if row["outcome"] == "dead_lettered" else None,
-                    # Only a dead letter Pivotal answered cost requests (parent_missing or an
-                    # invalid event never left).
-                    attempts=(row["attempts"] or 0) if row["http_status"] is not None else 0,
-                )
-        return found
-
-    async def dead_letter_states(self) -> dict[str, int]:
-        rows = await self._pool.fetch(DEAD_LETTER_STATES)
-        return {"open": 0, "retrying": 0, "resolved": 0} | {r["state"]: r["n"] for r in rows}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,16 +153,21 @@ async def scrape(url: str | None) -> dict[str, float] | None:
     """Every sample of a daemon's /metrics as `name{labels}` → value; None if none answers."""
     if not url:
         return None
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
     try:
         async with httpx.AsyncClient(timeout=METRICS_TIMEOUT_SECONDS) as client:
             response = await client.get(metrics_endpoint(url))
             response.raise_for_status()
     except httpx.HTTPError:
         return None
+    return parse_samples(response.text)
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """Every sample of a Prometheus text exposition as `name{label="v",...}` → value."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
     samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
@@ -330,9 +251,9 @@ async def collect(settings: Settings, metrics_url: str | None) -> StatusReport:
     samples = await scrape(url)
     if samples is not None:
         report.quota, report.metrics_url = quota_from(samples), metrics_endpoint(url)
-    async with await Tables.connect(settings.require_database_url()) as tables:
-        summary = await tables.store.summary()
-        report.dead_letter_states = await tables.dead_letter_states()
+    async with await open_store(settings) as store:
+        summary = await store.summary()
+        report.dead_letter_states = await store.dead_letter_states()
     _fill_summary(report, summary)
     try:
         report.partitions = await asyncio.wait_for(lag, 30)

@@ -282,22 +282,6 @@ async def test_load_entities_returns_only_known_keys_of_the_right_kind(
     assert await store.load_entities([]) == {}
 
 
-async def test_load_customer_ids_returns_live_customers_that_have_a_pivotal_id(
-    store: CheckpointStore,
-) -> None:
-    await store.record(
-        [],
-        [
-            state(customer("live"), "p1"),
-            state(customer("gone"), "p2", deleted=True),
-            state(customer("pending"), None),
-            state(contact("live_contact"), "p3"),
-        ],
-    )
-    ids = ["live", "gone", "pending", "live_contact", "unknown"]
-    assert await store.load_customer_ids(ids) == {"live": "p1"}
-
-
 async def test_overlapping_batches_in_opposite_orders_do_not_deadlock(
     store: CheckpointStore,
 ) -> None:

@@ -1,4 +1,4 @@
-"""parse_record: the event contract of DESIGN.md, and every way a record can break it."""
+"""parse_record: the event contract of docs/events.md, and every way a record can break it."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.checkpoints import EventOutcome
 from daemon.events import EntityKind, RecordRef, parse_record
 from daemon.tools.importing import (
     Change,
@@ -16,7 +17,6 @@ from daemon.tools.importing import (
     outcome_counts,
     read_changes,
 )
-from daemon.tools.status import EventOutcome
 
 HEADER = (
     "external_id,name,slug,domain,status,plan,contact_external_id,contact_name,contact_email,"

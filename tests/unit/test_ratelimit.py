@@ -288,7 +288,7 @@ async def test_a_count_seen_with_a_429_does_not_outlive_the_window(clock: FakeTi
 
 
 async def test_a_rejected_request_holds_no_slot(clock: FakeTime) -> None:
-    # A 429 is not counted by the server (pivotal-api.md, item 15): the ledger must not hold a
+    # A 429 is not counted by the server (docs/pivotal-api.md, item 15): the ledger must not hold a
     # slot for it either, or the slot would "free" a window later and be re-used twice.
     rl = limiter(clock)
     for sent in range(1, 6):

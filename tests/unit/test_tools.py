@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from daemon import cli
-from daemon.checkpoints import DeadLetterRow
+from daemon.checkpoints import DeadLetterRow, EventOutcome
 from daemon.events import EntityKey, EntityKind, RecordRef
 from daemon.outcomes import DeadLetter
 from daemon.tools.common import ProgressBar, parse_time
@@ -22,7 +22,7 @@ from daemon.tools.dead_letters import (
     state_of,
 )
 from daemon.tools.replay import ReplayReport, choose, replay_record
-from daemon.tools.status import EventOutcome, PartitionLag, StatusReport, quota_from, render
+from daemon.tools.status import PartitionLag, StatusReport, quota_from, render
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""The sandbox against pivotal-api.md section 8, one test per behaviour, named by item number.
+"""The sandbox against docs/pivotal-api.md section 8, one test per behaviour, named by item number.
 
 This module runs in process (tests/unit/sandbox); tests/integration/sandbox/test_spec_http.py
 re-runs every test in it over loopback HTTP against a real `pivotal-sync sandbox` process.
