@@ -144,8 +144,8 @@ async def test_wait_or_stop_sleeps_the_whole_time_when_not_stopped() -> None:
     """Without stop it waits `seconds` and answers False."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert await wait_or_stop(asyncio.Event(), 0.05) is False
-    assert loop.time() - started >= 0.04
+    assert await wait_or_stop(asyncio.Event(), 0.02) is False
+    assert loop.time() - started >= 0.015
 
 
 async def test_wait_or_stop_answers_true_at_once_when_stopping() -> None:

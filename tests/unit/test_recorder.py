@@ -99,8 +99,8 @@ def state(key: EntityKey, pivotal_id: str, sequence: int) -> EntityState:
     )
 
 
-async def wait_for_calls(store: MemoryCheckpoints, calls: int, polls: int = 2000) -> None:
-    for _ in range(polls):
+async def wait_for_calls(store: MemoryCheckpoints, calls: int) -> None:
+    for _ in range(2000):
         if store.calls >= calls:
             return
         await asyncio.sleep(0.001)
@@ -219,12 +219,15 @@ async def test_run_writes_when_a_batch_is_full_and_once_more_when_stopping() -> 
     """A full batch wakes the writer long before its interval; at its next tick after `stop`,
     run() writes what is left and returns."""
     room = build(batch_size=2, interval=0.5)
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     running = asyncio.create_task(room.recorder.run(stop))
     r0, r1, r2 = record(0, "evt-0"), record(1, "evt-1"), record(2, "evt-2")
     admitted(room, r0, r1, r2)
+    started = loop.time()
     room.recorder.add([sent(r0), sent(r1)])
-    await wait_for_calls(room.store, 1, polls=100)  # well under the 0.5 s interval
+    await wait_for_calls(room.store, 1)
+    assert loop.time() - started < 0.25  # woken by the full batch, not by the 0.5 s interval
     assert room.progress.committable() == {TP: 2}
 
     room.recorder.add([sent(r2)])  # below the batch size: waits for the interval
