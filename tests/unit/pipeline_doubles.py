@@ -1,0 +1,96 @@
+"""In-memory stand-ins for the pipeline's Postgres side, and Kafka records built from dicts.
+
+Shared by the unit tests of intake and the recorder: no sockets, every call observable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.entities import Intent
+from daemon.events import EntityKey, RecordRef
+from daemon.metrics import Metrics
+from daemon.outcomes import EntityState, Finished
+
+TOPIC = "crm"
+
+
+def record(offset: int, event_id: str, subject: str = "cus_1", **extra: Any) -> RecordRef:
+    """A valid `customer.updated` record on partition 0 of TOPIC."""
+    body: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "crm/test",
+        "type": "customer.updated",
+        "subject": subject,
+        "data": {"name": f"Customer {subject}"},
+        **extra,
+    }
+    return RecordRef(
+        topic=TOPIC,
+        partition=0,
+        offset=offset,
+        key=subject.encode(),
+        value=json.dumps(body).encode(),
+    )
+
+
+def raw_record(offset: int, value: bytes) -> RecordRef:
+    return RecordRef(topic=TOPIC, partition=0, offset=offset, key=b"cus_1", value=value)
+
+
+@dataclass
+class MemoryCheckpoints:
+    """Stands in for the checkpoint store: the finished ids, the entity map, the batch writes.
+
+    While `down` is True (or `failures` is above zero, one per call), every call raises
+    OSError, as asyncpg does when Postgres is unreachable.
+    """
+
+    done: set[str] = field(default_factory=set)
+    states: dict[EntityKey, EntityState] = field(default_factory=dict)
+    finished: list[Finished] = field(default_factory=list)
+    written: dict[EntityKey, EntityState] = field(default_factory=dict)
+    down: bool = False
+    failures: int = 0
+    calls: int = 0
+
+    def _outage(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise OSError("connection refused")
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("connection reset")
+
+    async def finished_ids(self, ids: Sequence[str]) -> set[str]:
+        self._outage()
+        return self.done & set(ids)
+
+    async def load_entities(self, keys: list[EntityKey]) -> dict[EntityKey, EntityState]:
+        self._outage()
+        return {k: self.states[k] for k in keys if k in self.states}
+
+    async def load_intents(self, keys: list[EntityKey]) -> dict[EntityKey, Intent]:
+        self._outage()
+        return {}
+
+    async def record(self, finished: Sequence[Finished], entities: Sequence[EntityState]) -> None:
+        self._outage()
+        self.finished += finished
+        self.written.update({e.key: e for e in entities})
+        self.done |= {f.event_id for f in finished}
+
+    def outcomes(self) -> list[tuple[str, int, str]]:
+        """(event id, offset, outcome) of every written row, in write order."""
+        return [(f.event_id, f.record.offset, f.outcome.value) for f in self.finished]
+
+
+def finished_count(metrics: Metrics, outcome: str, kind: str = "customer") -> float:
+    value = metrics.registry.get_sample_value(
+        "pivotal_sync_events_finished_total", {"outcome": outcome, "kind": kind}
+    )
+    return value or 0.0
