@@ -1,0 +1,132 @@
+"""CloudEvents 1.0 over Kafka: the structured and binary content modes of the protocol binding.
+
+    read_cloudevent(record) -> dict      the event in structured form (attributes + `data`)
+    decode_builtin(record) -> Event      the built-in contract (docs/events.md)
+
+Structured mode: the value is the whole event as JSON (`content-type:
+application/cloudevents+json`, or no content-type at all, as producers of this daemon's first
+contract sent it). Binary mode: the context attributes travel as `ce_*` headers (UTF-8), the
+value is `data` and the `content-type` header is its `datacontenttype`; that is the default of
+most producers and of the CloudEvents SDKs. Batch mode (`application/cloudevents-batch+json`)
+is refused with its own dead-letter reason: one record must stay one event, or one offset
+could not say whether "its" event is finished.
+
+Why not the `cloudevents` SDK: its Kafka binding (`cloudevents.kafka`) converts headers to
+attributes in the same dozen lines as below, but it raises one generic error for every problem,
+while each problem here must become a fixed dead-letter reason with a short detail; it accepts
+headers this binding forbids (a value that is not UTF-8) only to fail later; and it would be a
+dependency (with its own) for the envelope alone. The validation of the attributes is the
+daemon's either way (`daemon/events.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from daemon.errors import InvalidEventError
+from daemon.events import Event, RecordRef, parse_record
+
+HEADER_PREFIX = "ce_"
+CONTENT_TYPE_HEADER = "content-type"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+# CloudEvents attribute names: lower-case letters and digits, at most 20 characters.
+MAX_ATTRIBUTE_NAME_CHARS = 20
+
+
+def content_mode(record: RecordRef) -> str:
+    """ "binary", "structured" or "batch", from the headers (the binding's own rule)."""
+    content_type = _header(record, CONTENT_TYPE_HEADER)
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type.startswith("application/cloudevents-batch"):
+        return "batch"
+    if media_type.startswith("application/cloudevents"):
+        return "structured"
+    if _header(record, HEADER_PREFIX + "specversion") is not None:
+        return "binary"
+    return "structured"
+
+
+def decode_builtin(record: RecordRef) -> Event:
+    """The built-in contract: `type` names kind and action, `subject` the entity, `data` the
+    fields. A binary-mode event is read as its structured twin; the event keeps the record
+    exactly as it arrived (a dead letter must hold what came, not what we made of it)."""
+    mode = content_mode(record)
+    if record.value is None or mode == "structured":
+        return parse_record(record)
+    document = read_cloudevent(record)
+    twin = dataclasses.replace(record, value=json.dumps(document).encode())
+    return dataclasses.replace(parse_record(twin), record=record)
+
+
+def read_cloudevent(record: RecordRef) -> dict[str, Any]:
+    """The event as one JSON object, whatever the content mode; InvalidEventError when the
+    record cannot be one (batch mode, bad JSON, bad headers)."""
+    mode = content_mode(record)
+    if mode == "batch":
+        raise InvalidEventError(
+            "cloudevents_batch",
+            f"{BATCH_CONTENT_TYPE} is not accepted: publish one event per record",
+        )
+    if mode == "binary":
+        return _from_binary(record)
+    document = load_json(record.value)
+    if not isinstance(document, dict):
+        raise InvalidEventError("not_cloudevent", "expected a JSON object")
+    return document
+
+
+def _from_binary(record: RecordRef) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for name, raw in record.headers:
+        if not name.lower().startswith(HEADER_PREFIX):
+            continue
+        attribute = name[len(HEADER_PREFIX) :].lower()
+        if not attribute.isalnum() or len(attribute) > MAX_ATTRIBUTE_NAME_CHARS:
+            raise InvalidEventError("not_cloudevent", f"header {name[:40]!r} is no attribute")
+        document[attribute] = _text(name, raw)
+    content_type = _header(record, CONTENT_TYPE_HEADER)
+    if content_type is not None:
+        document["datacontenttype"] = content_type
+    if record.value is not None:
+        document["data"] = _data(record.value, content_type)
+    return document
+
+
+def _data(value: bytes, content_type: str | None) -> Any:
+    media_type = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise InvalidEventError(
+            "invalid_field", f"data: content type {media_type[:60]!r} is not JSON"
+        )
+    return load_json(value)
+
+
+def load_json(value: bytes | None) -> Any:
+    try:
+        return json.loads((value or b"").decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise InvalidEventError("invalid_json", "value is not UTF-8") from None
+    except (ValueError, RecursionError) as error:
+        raise InvalidEventError("invalid_json", str(error)[:60]) from None
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, and Pivotal would choke on them.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _header(record: RecordRef, wanted: str) -> str | None:
+    for name, raw in record.headers:
+        if name.lower() == wanted:
+            return _text(name, raw)
+    return None
+
+
+def _text(name: str, raw: bytes | None) -> str:
+    try:
+        return (raw or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEventError("not_cloudevent", f"header {name[:40]!r} is not UTF-8") from None
