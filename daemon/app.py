@@ -29,6 +29,7 @@ from daemon.dead_letter_topic import DeadLetterTopic
 from daemon.dispatcher import Api, Dispatcher, Pacer
 from daemon.dry_run import DryRunApi, UnlimitedPacer
 from daemon.entities import EntityCache
+from daemon.formats.mapping import MappingFile, mapping_for
 from daemon.intake import Intake
 from daemon.metrics import Metrics
 from daemon.pivotal import PivotalClient
@@ -62,8 +63,9 @@ def main(*, dry_run: bool | None = None) -> int:
         settings = settings.model_copy(update={"dry_run": True})
     settings.require_api_key()
     settings.require_database_url()
+    mapping = mapping_for(settings.topics, settings.mapping_file)
     _configure(settings)
-    return _run_loop(Daemon(settings).run())
+    return _run_loop(Daemon(settings, mapping).run())
 
 
 def migrate_main() -> int:
@@ -92,8 +94,11 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
 class Daemon:
     """One `pivotal-sync run` process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, mapping: MappingFile | None = None) -> None:
         self.settings = settings
+        # How each topic's records become events (daemon/formats/); main() reads the file
+        # before anything starts, so a bad one stops start-up with exit 2.
+        self.mapping = mapping or mapping_for(settings.topics, settings.mapping_file)
         self.metrics = Metrics()
         self.stop = asyncio.Event()
         self.store: CheckpointStore | None = None
@@ -247,6 +252,7 @@ class Daemon:
             progress=progress,
             metrics=metrics,
             admitted=admitted,
+            mapping=self.mapping,
             stop=self.stop,
         )
         rebalance = _Rebalance(dispatcher, recorder, scheduler, intake, s.drain_timeout_seconds)

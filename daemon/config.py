@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     api_url: str = "https://my.pivotal.app/api/v1"
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_topic: str = "crm.customers"
+    # Several topics in one consumer group, comma-separated (each with its format in the mapping
+    # file); when set, it replaces KAFKA_TOPIC.
+    kafka_topics: str | None = None
+    # The mapping file (docs/formats.md): per topic, its input format and how its records
+    # become Pivotal fields. Without it every topic speaks the built-in CloudEvents contract.
+    mapping_file: Path | None = None
     kafka_group_id: str = "pivotal-sync"
     # Consumer group liveness. Kafka's defaults; lower them only on a broker that allows it
     # (the local tansu stand-in does, and the demo and tests use 1 s to rebalance quickly).
@@ -106,6 +112,25 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("kafka_topics")
+    @classmethod
+    def _topic_list(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = [name.strip() for name in value.split(",")]
+        if not all(names):
+            raise ValueError("must be topic names separated by commas, none empty")
+        if len(set(names)) != len(names):
+            raise ValueError("names a topic twice")
+        return ",".join(names)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The topics the daemon consumes: KAFKA_TOPICS when set, else KAFKA_TOPIC."""
+        if self.kafka_topics is not None:
+            return tuple(self.kafka_topics.split(","))
+        return (self.kafka_topic,)
 
     @field_validator("database_url")
     @classmethod

@@ -106,6 +106,8 @@ INVALID_EVENT_REASONS = (
     "missing_customer",  # no customer to file it under (data.customer, or a customer's subject)
     "invalid_field",  # data Pivotal would certainly reject (wrong JSON type, bad enum)
     "missing_key",  # no entity id: a tombstone without key, a contact/onboarding without subject
+    "cloudevents_batch",  # a CloudEvents batch (one record must stay one event)
+    "not_debezium",  # a record on a Debezium topic that is no row change (daemon/formats/)
 )
 
 EVENT_TYPES: Mapping[str, tuple[EntityKind, Action]] = {

@@ -1,6 +1,7 @@
 """Admission: a batch of Kafka records becomes scheduled events or immediate outcomes.
 
-For each record, in offset order: track its offset; parse it (invalid → dead letter, no
+For each record, in offset order: track its offset; decode it with its topic's format
+(daemon/formats/: invalid → dead letter, a record that asks for nothing → noop, neither costs a
 request); skip it if its event id is finished already (the checkpoint table; a copy of an id
 still in the pipeline waits for the original to be durable); otherwise hand it to the
 dispatcher, which refuses it if its `sequence` is not newer than one applied or waiting for
@@ -21,7 +22,9 @@ from daemon.backoff import Stopped
 from daemon.dispatcher import Dispatcher
 from daemon.entities import EntityCache, EntityStore
 from daemon.errors import InvalidEventError
-from daemon.events import EntityKey, EntityKind, Event, RecordRef, parse_record
+from daemon.events import EntityKey, EntityKind, Event, RecordRef
+from daemon.formats import Skip
+from daemon.formats.mapping import MappingFile
 from daemon.metrics import Metrics
 from daemon.outcomes import DeadLetter, Finished, Outcome
 from daemon.postgres_outages import through_outages
@@ -46,9 +49,12 @@ class Intake:
         progress: Progress,
         metrics: Metrics,
         admitted: Admitted,
+        mapping: MappingFile | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
         self._store = store
+        # How each topic's records become events; None: the built-in contract everywhere.
+        self._mapping = mapping if mapping is not None else MappingFile.builtin()
         self._entities = entities
         self._dispatcher = dispatcher
         self._recorder = recorder
@@ -73,12 +79,14 @@ class Intake:
             log.info("intake_abandoned", records=len(records))
 
     async def _admit(self, records: Sequence[RecordRef]) -> None:
-        parsed: list[tuple[RecordRef, Event | InvalidEventError]] = []
+        parsed: list[tuple[RecordRef, Event | Skip | InvalidEventError]] = []
         for record in records:
             self._progress.track(record.topic, record.partition, record.offset)
-            self._metrics.events_consumed.labels(partition=str(record.partition)).inc()
+            self._metrics.events_consumed.labels(
+                topic=record.topic, partition=str(record.partition)
+            ).inc()
             try:
-                parsed.append((record, parse_record(record)))
+                parsed.append((record, self._mapping.decode(record)))
             except InvalidEventError as exc:
                 parsed.append((record, exc))
         ids = [self._id(record, item) for record, item in parsed]
@@ -96,6 +104,10 @@ class Intake:
             elif isinstance(item, InvalidEventError):
                 self._admitted.add(event_id)
                 self._recorder.add([self._invalid(event_id, record, item)])
+            elif isinstance(item, Skip):
+                self._admitted.add(event_id)
+                log.debug("record_skipped", reason=item.reason, detail=item.detail)
+                self._recorder.add([self._skip(event_id, record, item, Outcome.NOOP)])
             else:
                 self._admitted.add(event_id)
                 fresh.append(item)
@@ -108,7 +120,7 @@ class Intake:
                 self._recorder.add([self._skip(event.id, event.record, event, Outcome.STALE)])
 
     @staticmethod
-    def _id(record: RecordRef, item: Event | InvalidEventError) -> str:
+    def _id(record: RecordRef, item: Event | Skip | InvalidEventError) -> str:
         return item.id if isinstance(item, Event) else Finished.record_id(record)
 
     @staticmethod
@@ -121,7 +133,7 @@ class Intake:
 
     @staticmethod
     def _skip(
-        event_id: str, record: RecordRef, item: Event | InvalidEventError, outcome: Outcome
+        event_id: str, record: RecordRef, item: Event | Skip | InvalidEventError, outcome: Outcome
     ) -> Finished:
         entity = item.entity if isinstance(item, Event) else None
         return Finished(event_id=event_id, record=record, outcome=outcome, entity=entity)

@@ -60,7 +60,10 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.events_consumed = Counter(
-            f"{PREFIX}_events_consumed", "Kafka records consumed.", ["partition"], registry=r
+            f"{PREFIX}_events_consumed",
+            "Kafka records consumed.",
+            ["topic", "partition"],
+            registry=r,
         )
         self.events_finished = Counter(
             f"{PREFIX}_events_finished",
@@ -172,13 +175,13 @@ class Metrics:
         self.lag_records = Gauge(
             f"{PREFIX}_consumer_lag_records",
             "Records between the committed position and the high watermark.",
-            ["partition"],
+            ["topic", "partition"],
             registry=r,
         )
         self.lag_seconds = Gauge(
             f"{PREFIX}_consumer_lag_seconds",
             "Seconds of rate-limit budget needed to drain the lag at the current rate.",
-            ["partition"],
+            ["topic", "partition"],
             registry=r,
         )
         self.assigned_partitions = Gauge(

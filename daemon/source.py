@@ -86,7 +86,8 @@ class Source:
         drain_estimate: DrainEstimate | None,
     ) -> None:
         self._settings = settings
-        self._topic = settings.kafka_topic
+        # One group over every topic: offsets, progress and lag are all per (topic, partition).
+        self._topics = list(settings.topics)
         self._progress = progress
         self._metrics = metrics
         self._intake = intake
@@ -125,10 +126,10 @@ class Source:
             )
         except Stopped:
             return False
-        consumer.subscribe([self._topic], listener=_Listener(self))
+        consumer.subscribe(self._topics, listener=_Listener(self))
         self._consumer = consumer
         self.connected = True
-        log.info("kafka_connected", topic=self._topic, group_id=self._settings.kafka_group_id)
+        log.info("kafka_connected", topics=self._topics, group_id=self._settings.kafka_group_id)
         return True
 
     async def _connect(self) -> AIOKafkaConsumer:
@@ -298,8 +299,8 @@ class Source:
                 self._committed[(topic, partition)] = committed
             lag = max(0, high - committed)
             lags[(topic, partition)] = lag
-            self._metrics.lag_records.labels(partition=str(partition)).set(lag)
-            self._metrics.lag_seconds.labels(partition=str(partition)).set(
+            self._metrics.lag_records.labels(topic=topic, partition=str(partition)).set(lag)
+            self._metrics.lag_seconds.labels(topic=topic, partition=str(partition)).set(
                 self._drain_estimate.seconds_to_send(lag) if self._drain_estimate else 0.0
             )
         return lags
@@ -308,9 +309,9 @@ class Source:
     def _on_assigned(self, partitions: Partitions) -> None:
         self.assigned = set(partitions)
         self._metrics.assigned_partitions.set(len(self.assigned))
-        for _, partition in partitions:
-            self._metrics.lag_records.labels(partition=str(partition))
-            self._metrics.lag_seconds.labels(partition=str(partition))
+        for topic, partition in partitions:
+            self._metrics.lag_records.labels(topic=topic, partition=str(partition))
+            self._metrics.lag_seconds.labels(topic=topic, partition=str(partition))
         log.info("partitions_assigned", partitions=sorted(p for _, p in partitions))
 
     async def _on_revoked(self, partitions: Partitions) -> None:

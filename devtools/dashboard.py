@@ -254,8 +254,8 @@ def lag_records_panel() -> Panel:
         "Records between the committed offset and the high watermark, per partition.",
         [
             (
-                f"sum by (partition) ({metric('consumer_lag_records')})",
-                "partition {{partition}}",
+                f"sum by (topic, partition) ({metric('consumer_lag_records')})",
+                "{{topic}} [{{partition}}]",
             )
         ],
         unit="short",

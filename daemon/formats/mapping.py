@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +45,7 @@ import jmespath.parser
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from daemon.errors import InvalidEventError, PivotalSyncError
+from daemon.errors import ConfigError, InvalidEventError, PivotalSyncError
 from daemon.events import (
     FIELD_RULES,
     MAX_ID_CHARS,
@@ -167,7 +167,8 @@ class TopicMapping:
                     return Skip(reason="unchanged", detail="no mapped field changed", record=record)
         sequence = change.position
         if self.sequence is not None:
-            sequence = _sequence(self.sequence.search(change.payload), self.sequence)
+            found = self.sequence.search(change.payload)
+            sequence = _sequence(found, self.sequence, "not_debezium")
         canonical = json.dumps(change.payload, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(f"{self.topic}\0{canonical}".encode()).hexdigest()[:32]
         ts_ms = change.source.get("ts_ms")
@@ -198,9 +199,9 @@ class TopicMapping:
         action = Action.DELETE if deleting else Action.UPSERT
         fields = self._fields(document) if action is Action.UPSERT else {}
         if self.sequence is not None:
-            sequence = _sequence(self.sequence.search(document), self.sequence)
+            sequence = _sequence(self.sequence.search(document), self.sequence, "not_cloudevent")
         else:
-            sequence = _sequence(document.get("sequence"), None)
+            sequence = _sequence(document.get("sequence"), None, "not_cloudevent")
         return self._event(
             record,
             document,
@@ -263,6 +264,8 @@ class MappingFile:
 
     path: str | None = None
     topics: Mapping[str, TopicMapping] = field(default_factory=dict)
+    # Every topic the file names, including those declared with the built-in contract.
+    declared: frozenset[str] = frozenset()
 
     @classmethod
     def builtin(cls) -> MappingFile:
@@ -286,7 +289,7 @@ def _identifier(value: Any, name: str, expression: Expression) -> str:
     return value
 
 
-def _sequence(value: Any, expression: Expression | None) -> int | None:
+def _sequence(value: Any, expression: Expression | None, reason: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
@@ -294,7 +297,7 @@ def _sequence(value: Any, expression: Expression | None) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQUENCE:
         return value
     where = f"sequence: {expression.text!r}" if expression else "`sequence`"
-    raise InvalidEventError("not_cloudevent", f"{where} is not an integer from 0 to 2^63-1")
+    raise InvalidEventError(reason, f"{where} is not an integer from 0 to 2^63-1")
 
 
 def _from_ms(value: Any) -> datetime | None:
@@ -330,6 +333,7 @@ def parse_mapping(text: str, name: str) -> MappingFile:
         problem = getattr(error, "problem", None) or "not valid YAML"
         raise MappingFileError([f"{name}{line}: {problem}"]) from None
     topics: dict[str, TopicMapping] = {}
+    declared: set[str] = set()
     document = reader.mapping(root, "(file)") if root is not None else None
     if document is None:
         reader.problems.append(f"{name}:1: expected a mapping with `topics`")
@@ -337,12 +341,13 @@ def parse_mapping(text: str, name: str) -> MappingFile:
         reader.only(document, ("topics",), "(file)")
         nodes = reader.mapping(document.get("topics"), "topics", parent=root) or {}
         for topic, node in nodes.items():
+            declared.add(topic)
             mapping = reader.topic(topic, node)
             if mapping is not None:
                 topics[topic] = mapping
     if reader.problems:
         raise MappingFileError(reader.problems)
-    return MappingFile(path=name, topics=topics)
+    return MappingFile(path=name, topics=topics, declared=frozenset(declared))
 
 
 class _Reader:
@@ -528,3 +533,25 @@ class _Reader:
     def _check_value(self, kind: EntityKind, name: str, value: Any, node: Node, where: str) -> None:
         for problem in field_problems(kind, {name: value}):
             self.fail(node, where, problem.split(": ", 1)[1])
+
+
+MAPPING_FILE_VARIABLE = "PIVOTAL_SYNC_MAPPING_FILE"
+
+
+def mapping_for(topics: Sequence[str], path: Path | None) -> MappingFile:
+    """The daemon's mapping: the file's, checked against the topics consumed; ConfigError
+    (exit 2 at start-up) naming the variable and every problem of the file."""
+    if path is None:
+        return MappingFile.builtin()
+    try:
+        mapping = load_mapping(path)
+    except MappingFileError as error:
+        raise ConfigError(MAPPING_FILE_VARIABLE, "\n" + str(error)) from None
+    unread = sorted(mapping.declared - set(topics))
+    if unread:
+        # Almost always a typo in one of the two places; a silent mapping is worse.
+        raise ConfigError(
+            MAPPING_FILE_VARIABLE,
+            f"maps {', '.join(unread)}, which PIVOTAL_SYNC_KAFKA_TOPICS does not consume",
+        )
+    return mapping
