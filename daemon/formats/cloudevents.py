@@ -90,7 +90,8 @@ def _from_binary(record: RecordRef) -> dict[str, Any]:
     content_type = _header(record, CONTENT_TYPE_HEADER)
     if content_type is not None:
         document["datacontenttype"] = content_type
-    if record.value is not None:
+    # An empty value is an event without data (a delete, typically); null is a tombstone.
+    if record.value:
         document["data"] = _data(record.value, content_type)
     return document
 

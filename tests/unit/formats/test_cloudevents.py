@@ -126,3 +126,15 @@ def test_binary_tombstone_is_still_a_delete_of_the_key() -> None:
     event = decode_builtin(record)
     assert event.action is Action.DELETE
     assert event.entity.external_id == "cus_9"
+
+
+def test_binary_mode_empty_value_is_an_event_without_data() -> None:
+    """A binary-mode delete carries no data: an empty value, not a tombstone."""
+    attributes = {**ATTRIBUTES, "type": "contact.deleted"}
+    record = binary(attributes, data=b"", content_type=None)
+    with pytest.raises(InvalidEventError) as caught:
+        decode_builtin(record)
+    # A contact delete still needs its customer (data.customer): refused for that, not for JSON.
+    assert caught.value.reason == "missing_customer"
+    customer = binary({**attributes, "type": "customer.deleted", "subject": "cus_1"}, data=b"")
+    assert decode_builtin(customer).action is Action.DELETE
