@@ -41,6 +41,8 @@ ALL_FEATURES_VALUES: dict[str, Any] = {
     },
     "keda": {"enabled": True, "maxReplicaCount": 12, "partitionCount": 6},
     "extraEnv": [{"name": "TZ", "value": "UTC"}],
+    "config": {"kafkaTopics": "crm.customers,crm.contacts"},
+    "mapping": {"inline": "topics:\n  crm.contacts:\n    format: cloudevents\n"},
     "imagePullSecrets": [{"name": "registry"}],
     "podAnnotations": {"example.com/team": "sync"},
     "topologySpreadConstraints": [

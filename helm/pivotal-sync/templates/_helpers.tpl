@@ -197,3 +197,23 @@ runAsGroup: {{ .Values.securityContext.runAsGroup }}
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/*
+The ConfigMap holding the mapping file: the chart's own (mapping.inline) or an existing one;
+empty when there is no mapping.
+*/}}
+{{- define "pivotal-sync.mappingConfigMap" -}}
+{{- if .Values.mapping.inline }}
+{{- printf "%s-mapping" (include "pivotal-sync.fullname" .) }}
+{{- else }}
+{{- .Values.mapping.existingConfigMap }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the mapping file is mounted in the pod (read-only, outside the read-only root's writable
+paths).
+*/}}
+{{- define "pivotal-sync.mappingDirectory" -}}
+/etc/pivotal-sync/mapping
+{{- end }}
