@@ -6,6 +6,10 @@ stream (customers, updates, contacts, onboardings, deletes, a few malformed reco
 real `pivotal-sync run` until it has caught up, showing progress; then prints a summary read
 from the daemon's own records and checks the sandbox's final state against the stream.
 Ctrl-C stops everything cleanly.
+
+`--format debezium` publishes the same CRM as a database's change data capture instead: three
+tables on three topics with the CRM's column names, read through a mapping file
+(`devtools/debezium_stream.py`).
 """
 
 from __future__ import annotations
@@ -17,14 +21,24 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from daemon.checkpoints import CheckpointStore
+from daemon.events import EntityKind
 from daemon.sandbox.testing import SandboxAdmin, running_sandbox
+from devtools.debezium_stream import TABLES, debezium_stream, mapping_yaml
 from devtools.local_services import Broker, Postgres, create_database, drop_database
 from devtools.local_stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
-from devtools.sample_stream import StreamSpec, compare, expected_state, generate, publish
+from devtools.sample_stream import (
+    Message,
+    StreamSpec,
+    compare,
+    expected_state,
+    generate,
+    publish,
+)
 
 DEMO_KEY = "pivotal_demo_key_0001"
 # 100 requests per 10 s: Pivotal's minute compressed six-fold, so the demo takes about a minute.
@@ -45,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--customers", type=int, default=60, help="customers in the sample stream")
     parser.add_argument("--keep-going", action="store_true", help="keep running after catching up")
+    parser.add_argument(
+        "--format",
+        choices=("cloudevents", "debezium"),
+        default="cloudevents",
+        help="the stream's shape: CloudEvents on one topic, or Debezium on three",
+    )
     return parser.parse_args(argv)
 
 
@@ -76,19 +96,25 @@ async def _demo(
 async def _run(
     args: argparse.Namespace, workdir: Path, broker: Broker, database_url: str, sandbox_url: str
 ) -> int:
-    topic, group = "crm.customers", "pivotal-sync-demo"
-    await broker.create_topic(topic, partitions=PARTITIONS)
-    messages = generate(StreamSpec(customers=args.customers, malformed=8, prefix="demo"))
+    group = "pivotal-sync-demo"
+    if args.format == "debezium":
+        spec = StreamSpec(
+            customers=args.customers, malformed=0, prefix="demo", customer_delete_fraction=0
+        )
+    else:
+        spec = StreamSpec(customers=args.customers, malformed=8, prefix="demo")
+    messages = generate(spec)
     expected = expected_state(messages)
-    ends = await publish(broker.bootstrap_servers, topic, messages)
+    out = await _publish(args.format, broker, messages, workdir)
+    published, ends = out.records, out.ends
     _say(
-        f"published {len(messages)} CRM events for {args.customers} customers "
-        f"({expected.invalid} malformed) to {topic!r}"
+        f"published {published} CRM records for {args.customers} customers "
+        f"({expected.invalid + out.invalid} malformed) to {', '.join(sorted({t for t, _ in ends}))}"
     )
     _say(f"Pivotal sandbox: {DEMO_LIMIT} requests per {DEMO_WINDOW_SECONDS} s on the demo key")
     env = daemon_env(
         bootstrap_servers=broker.bootstrap_servers,
-        topic=topic,
+        topic=next(iter(ends))[0],
         group_id=group,
         database_url=database_url,
         api_url=f"{sandbox_url}/api/v1",
@@ -96,6 +122,7 @@ async def _run(
         RATE_LIMIT_PER_MINUTE=str(DEMO_LIMIT * 60 / DEMO_WINDOW_SECONDS),
         RATE_LIMIT_WINDOW_SECONDS=str(DEMO_WINDOW_SECONDS),
         **broker_settings(broker),
+        **out.settings,
     )
     daemon = DaemonProcess(env, workdir / "daemon.log")
     admin = SandboxAdmin(sandbox_url)
@@ -111,13 +138,13 @@ async def _run(
             finished = daemon.finished()
             stats = admin.stats()
             _say(
-                f"  [{time.monotonic() - started:5.1f} s] events {int(finished)}/{len(messages)}"
+                f"  [{time.monotonic() - started:5.1f} s] events {int(finished)}/{published}"
                 f" · requests {stats.get('requests_total', '?')}"
                 f" · 429s {stats.get('rate_limited_total', '?')}"
             )
-            committed = await committed_offsets(broker.bootstrap_servers, group, topic, PARTITIONS)
-            if finished >= len(messages) and all(
-                committed.get(p, -1) >= end for p, end in ends.items()
+            committed = await _committed(broker, group, {t for t, _ in ends})
+            if finished >= published and all(
+                committed.get(where, -1) >= end for where, end in ends.items()
             ):
                 break
             if time.monotonic() - started > CATCH_UP_TIMEOUT_SECONDS:
@@ -131,6 +158,46 @@ async def _run(
     finally:
         daemon.stop()
         admin.close()
+
+
+@dataclass
+class Published:
+    records: int
+    # End offset (last + 1) per topic and partition.
+    ends: dict[tuple[str, int], int]
+    # The daemon's extra settings (names without the PIVOTAL_SYNC_ prefix).
+    settings: dict[str, str] = field(default_factory=dict)
+    # Broken records added by the shape itself.
+    invalid: int = 0
+
+
+async def _publish(shape: str, broker: Broker, messages: list[Message], workdir: Path) -> Published:
+    """Publish the stream in `shape`."""
+    if shape == "cloudevents":
+        topic = "crm.customers"
+        await broker.create_topic(topic, partitions=PARTITIONS)
+        ends = await publish(broker.bootstrap_servers, topic, messages)
+        return Published(len(messages), {(topic, p): end for p, end in ends.items()})
+    stream = debezium_stream(messages)
+    topics = {kind: f"crm.public.{TABLES[kind]}" for kind in EntityKind}
+    all_ends: dict[tuple[str, int], int] = {}
+    for kind, topic in topics.items():
+        await broker.create_topic(topic, partitions=PARTITIONS)
+        ends = await publish(broker.bootstrap_servers, topic, stream.tables[kind])
+        all_ends.update({(topic, p): end for p, end in ends.items()})
+    mapping = workdir / "mapping.yaml"
+    mapping.write_text(mapping_yaml(topics))
+    _say(f"Debezium shape: three tables on three topics, mapped by {mapping}")
+    settings = {"KAFKA_TOPICS": ",".join(topics.values()), "MAPPING_FILE": str(mapping)}
+    return Published(len(stream), all_ends, settings, stream.invalid)
+
+
+async def _committed(broker: Broker, group: str, topics: set[str]) -> dict[tuple[str, int], int]:
+    committed: dict[tuple[str, int], int] = {}
+    for topic in topics:
+        offsets = await committed_offsets(broker.bootstrap_servers, group, topic, PARTITIONS)
+        committed.update({(topic, p): offset for p, offset in offsets.items()})
+    return committed
 
 
 async def _summary(
