@@ -10,7 +10,8 @@ guard atomic and the daemon from skipping the copy:
     1. claim it: `mark_dead_letters_retried` stamps only rows redriven fewer than MAX_REDRIVES
        times, in one UPDATE — two operators retrying at once cannot both send it;
     2. forget its checkpoint row (`forget_events`), or the daemon would skip the copy as done;
-    3. produce the original record (key, value, headers) plus `pivotal-sync-redrive: N`.
+    3. produce the original record (key, value, headers) plus `pivotal-sync-redrive: N`, to
+       the topic it came from (whose format reads it).
 
 Replay (`pivotal-sync replay`) reads a time slice of the topic with a group-less consumer
 (seek by `offsets_for_times`, read up to the high watermark seen at the start), and produces
@@ -178,8 +179,14 @@ async def retry(
     result.refused = [row for row in plan.send if row.id not in claimed]
     if result.sent:
         await store.forget_events([row.event_id for row in result.sent])
-        records = [redrive_record(row, row.retry_count + 1) for row in result.sent]
-        await produce(settings.kafka_bootstrap_servers, settings.kafka_topic, records, progress)
+        # Each record goes back to the topic it came from: that topic's format reads it.
+        by_topic: dict[str, list[Outgoing]] = {}
+        for row in result.sent:
+            by_topic.setdefault(row.record.topic, []).append(
+                redrive_record(row, row.retry_count + 1)
+            )
+        for topic, records in by_topic.items():
+            await produce(settings.kafka_bootstrap_servers, topic, records, progress)
     return result
 
 

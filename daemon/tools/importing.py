@@ -34,6 +34,7 @@ from typing import Any
 
 from daemon.checkpoints import CheckpointStore, EventOutcome
 from daemon.config import Settings
+from daemon.errors import ConfigError
 from daemon.events import (
     FIELD_RULES,
     EntityKind,
@@ -693,11 +694,25 @@ async def run_import(
 # The command: arguments, run, render.
 
 
+def check_import_topic(config: Settings) -> None:
+    """The import publishes built-in CloudEvents to PIVOTAL_SYNC_KAFKA_TOPIC: that topic must
+    be one the daemon consumes, with the built-in contract, or the rows would be lost or
+    misread. ConfigError (exit 2) otherwise."""
+    from daemon.formats.mapping import mapping_for  # noqa: PLC0415
+
+    topic, variable = config.kafka_topic, "PIVOTAL_SYNC_KAFKA_TOPIC"
+    if topic not in config.topics:
+        raise ConfigError(variable, f"{topic!r} is not in PIVOTAL_SYNC_KAFKA_TOPICS")
+    if topic in mapping_for(config.topics, config.mapping_file).topics:
+        raise ConfigError(variable, f"{topic!r} has its own mapping; the import writes CloudEvents")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.file is None and args.contacts is None and args.onboardings is None:
         error("import: give a customers FILE, --contacts FILE or --onboardings FILE")
         return EXIT_USAGE
     config = settings()
+    check_import_topic(config)
     try:
         plan = read_changes(args.file, contacts=args.contacts, onboardings=args.onboardings)
     except (ImportFileError, OSError, UnicodeDecodeError) as exc:

@@ -1,10 +1,12 @@
-"""`pivotal-sync replay`: re-deliver a time slice of the topic through the daemon.
+"""`pivotal-sync replay`: re-deliver a time slice of the topics through the daemon.
 
-It reads a time slice of the topic with a group-less consumer (seek by `offsets_for_times`,
-read up to the high watermark seen at the start), and produces again the records whose events
-are not finished; with `force`, it forgets their checkpoints first so the daemon applies them
-again (as PATCHes: the entity map has the ids, so no create is repeated). Events that carry
-`sequence` stay protected by stale detection either way.
+It reads a time slice of each topic the daemon consumes (or of `--topic`) with a group-less
+consumer (seek by `offsets_for_times`, read up to the high watermark seen at the start), and
+produces again the records whose events are not finished; with `force`, it forgets their
+checkpoints first so the daemon applies them again (as PATCHes: the entity map has the ids, so
+no create is repeated). Events that carry `sequence` stay protected by stale detection either
+way. Records are read with their topic's format (the mapping file, as the daemon reads them)
+and go back to the topic they came from.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from aiokafka.errors import KafkaError
 
 from daemon.config import Settings
 from daemon.errors import InvalidEventError
-from daemon.events import RecordRef, parse_record
+from daemon.events import Event, RecordRef
+from daemon.formats.mapping import MappingFile, mapping_for
 from daemon.tools.common import (
     EXIT_OK,
     EXIT_PROBLEMS,
@@ -65,33 +68,43 @@ class ReplayReport:
     planned: list[dict[str, Any]] = field(default_factory=list)
 
 
-def record_event_id(record: RecordRef) -> str | None:
-    """The id the daemon files this record under; None when it is not a valid event."""
+def _event(record: RecordRef, mapping: MappingFile) -> Event | None:
+    """The event the daemon makes of this record; None when it makes none (invalid, skipped)."""
     try:
-        return parse_record(record).id
+        decoded = mapping.decode(record)
     except InvalidEventError:
         return None
+    return decoded if isinstance(decoded, Event) else None
 
 
-def _matches(record: RecordRef, entity: str | None) -> bool:
+def record_event_id(record: RecordRef, mapping: MappingFile | None = None) -> str | None:
+    """The id the daemon files this record under; None when it is not a valid event."""
+    event = _event(record, mapping or MappingFile.builtin())
+    return event.id if event is not None else None
+
+
+def _matches(record: RecordRef, entity: str | None, mapping: MappingFile) -> bool:
     if entity is None:
         return True
     if record.key is not None and record.key == entity.encode("utf-8"):
         return True
-    try:
-        return parse_record(record).entity.external_id == entity
-    except InvalidEventError:
-        return False
+    event = _event(record, mapping)
+    return event is not None and entity in (event.entity.external_id, event.customer_external_id)
 
 
 def choose(
-    records: Sequence[RecordRef], finished: set[str], *, force: bool, report: ReplayReport
+    records: Sequence[RecordRef],
+    finished: set[str],
+    *,
+    force: bool,
+    report: ReplayReport,
+    mapping: MappingFile | None = None,
 ) -> list[tuple[RecordRef, str]]:
     """The records to produce again, with their event ids, in stream order. No I/O."""
     chosen: list[tuple[RecordRef, str]] = []
     seen: set[str] = set()
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        event_id = record_event_id(record)
+    for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        event_id = record_event_id(record, mapping)
         if event_id is None:
             report.unparseable += 1
         elif event_id in seen:
@@ -227,9 +240,7 @@ def _collect(raw: Any, piece: Slice, report: ReplayReport, found: list[RecordRef
         headers=tuple((str(k), bytes(v or b"")) for k, v in (raw.headers or ())),
         timestamp_ms=timestamp,
     )
-    if _matches(record, piece.entity):
-        report.matched += 1
-        found.append(record)
+    found.append(record)
 
 
 async def replay(
@@ -239,30 +250,42 @@ async def replay(
     force: bool = False,
     dry_run: bool = False,
     progress: Progress | None = None,
+    topic: str | None = None,
 ) -> ReplayReport:
     report = ReplayReport(dry_run=dry_run)
-    records = await read_slice(
-        settings.kafka_bootstrap_servers, settings.kafka_topic, piece, report
-    )
+    mapping = mapping_for(settings.topics, settings.mapping_file)
+    records: list[RecordRef] = []
+    for name in [topic] if topic is not None else settings.topics:
+        records += await read_slice(settings.kafka_bootstrap_servers, name, piece, report)
+    records = [r for r in records if _matches(r, piece.entity, mapping)]
+    report.matched = len(records)
     async with await open_store(settings) as store:
-        ids = [i for i in (record_event_id(r) for r in records) if i is not None]
+        ids = [i for i in (record_event_id(r, mapping) for r in records) if i is not None]
         finished = await store.finished_ids(ids)
-        chosen = choose(records, finished, force=force, report=report)
+        chosen = choose(records, finished, force=force, report=report, mapping=mapping)
         report.planned = [
-            {"partition": r.partition, "offset": r.offset, "event_id": i, "finished": i in finished}
+            {
+                "topic": r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "event_id": i,
+                "finished": i in finished,
+            }
             for r, i in chosen
         ]
         if dry_run or not chosen:
             return report
         if force:
             report.forgotten = await store.forget_events([i for _, i in chosen if i in finished])
-        produced = await produce(
-            settings.kafka_bootstrap_servers,
-            settings.kafka_topic,
-            [replay_record(r) for r, _ in chosen],
-            progress,
-        )
-        report.published = produced.count
+        # Each record goes back to the topic it came from: that topic's format reads it.
+        for name in dict.fromkeys(r.topic for r, _ in chosen):
+            produced = await produce(
+                settings.kafka_bootstrap_servers,
+                name,
+                [replay_record(r) for r, _ in chosen if r.topic == name],
+                progress,
+            )
+            report.published += produced.count
     return report
 
 
@@ -283,7 +306,14 @@ def run(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         bar = ProgressBar("replayed", enabled=not args.json)
-        report = await replay(config, piece, force=args.force, dry_run=args.dry_run, progress=bar)
+        report = await replay(
+            config,
+            piece,
+            force=args.force,
+            dry_run=args.dry_run,
+            progress=bar,
+            topic=args.topic,
+        )
         bar.close()
         if args.json:
             print_json(report.__dict__)
@@ -321,6 +351,7 @@ def add_parser(commands: Any) -> None:  # argparse's subparsers action has no pu
     )
     replay.add_argument("--to", type=parse_time, metavar="TIME", help="slice end (default: now)")
     replay.add_argument("--entity", metavar="EXTERNAL_ID", help="only this customer or entity")
+    replay.add_argument("--topic", help="only this topic (default: every topic consumed)")
     replay.add_argument("--force", action="store_true", help="apply finished events again too")
     replay.add_argument("--dry-run", action="store_true", help="count what would be replayed")
     replay.add_argument("--json", action="store_true", help="machine-readable report")
