@@ -2,6 +2,7 @@
 
     PivotalSyncError                 base; `retriable` says whether trying again can help
     ├── ConfigError                  a setting is missing or invalid (names the variable)
+    ├── MappingFileError             the mapping file is invalid (every problem, with its line)
     ├── InvalidEventError            a Kafka record is not a valid event of the contract
     └── PivotalError                 Pivotal answered something other than success
         ├── TransientError           5xx, 408, timeouts, dropped connections   (retriable)
@@ -36,6 +37,15 @@ class ConfigError(PivotalSyncError):
     def __init__(self, variable: str, problem: str) -> None:
         self.variable = variable
         super().__init__(f"{variable}: {problem}")
+
+
+class MappingFileError(PivotalSyncError):
+    """The mapping file is not valid."""
+
+    def __init__(self, problems: list[str]) -> None:
+        # Every problem, one a line as "FILE:LINE: where: what", so one run shows them all.
+        self.problems = problems
+        super().__init__("\n".join(problems))
 
 
 class InvalidEventError(PivotalSyncError):

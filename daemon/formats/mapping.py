@@ -45,7 +45,7 @@ import jmespath.parser
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from daemon.errors import ConfigError, InvalidEventError, PivotalSyncError
+from daemon.errors import ConfigError, InvalidEventError, MappingFileError
 from daemon.events import (
     FIELD_RULES,
     MAX_ID_CHARS,
@@ -80,15 +80,6 @@ TOPIC_KEYS = (
 )
 FIELD_KEYS = ("from", "constant", "transform", "default")
 _MISSING = object()
-
-
-class MappingFileError(PivotalSyncError):
-    """The mapping file is not valid."""
-
-    def __init__(self, problems: list[str]) -> None:
-        # Every problem, one a line as "FILE:LINE: where: what", so one run shows them all.
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 @dataclass(frozen=True, slots=True)

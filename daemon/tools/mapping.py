@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from daemon import logs
-from daemon.errors import ConfigError, InvalidEventError
+from daemon.errors import ConfigError, InvalidEventError, MappingFileError
 from daemon.events import EntityKey, EntityKind, Event, RecordRef
 from daemon.formats import Skip
-from daemon.formats.mapping import MappingFile, MappingFileError, load_mapping
+from daemon.formats.mapping import MappingFile, load_mapping
 from daemon.tools.common import EXIT_OK, EXIT_PROBLEMS
 
 # The dry-run pipeline of a preview finishes in milliseconds; this only bounds a bug.

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import ConfigError
+from daemon import cli
+from daemon.errors import ConfigError, MappingFileError
 from daemon.events import Action, EntityKind, Event, RecordRef
 from daemon.formats import Skip
-from daemon.formats.mapping import MappingFileError, load_mapping, mapping_for, parse_mapping
+from daemon.formats.mapping import load_mapping, mapping_for, parse_mapping
 
 
 def problems(text: str) -> list[str]:
@@ -167,3 +168,20 @@ def test_topics_not_in_the_file_speak_the_builtin_contract() -> None:
     decoded = mapping.decode(record)
     assert isinstance(decoded, Event)
     assert decoded.fields == {"name": "Aurora"}
+
+
+def test_run_with_a_bad_mapping_file_stops_start_up_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pivotal-sync run` refuses a bad mapping before connecting to anything, naming the
+    variable, the file and the line."""
+    path = tmp_path / "m.yaml"
+    path.write_text("topics:\n  crm.customers:\n    format: debezium\n    kind: lead\n")
+    monkeypatch.setenv("PIVOTAL_API_KEY", "pk_test_unused")
+    monkeypatch.setenv("PIVOTAL_SYNC_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("PIVOTAL_SYNC_MAPPING_FILE", str(path))
+    assert cli.main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "PIVOTAL_SYNC_MAPPING_FILE" in err
+    assert f"{path}:4: topics.crm.customers.kind" in err
+    assert "pk_test_unused" not in err
