@@ -55,6 +55,7 @@ QUOTA_GAUGES = {
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PartitionLag:
     partition: int
+    topic: str = ""
     committed: int | None  # None: the group has committed nothing here yet
     high_watermark: int | None  # None: unknown (the broker did not say)
     lag: int | None
@@ -99,6 +100,7 @@ async def partition_lag(bootstrap_servers: str, topic: str, group_id: str) -> li
         result.append(
             PartitionLag(
                 partition=tp.partition,
+                topic=topic,
                 committed=done if done >= 0 else None,
                 high_watermark=high,
                 lag=None if high is None else max(0, high - start),
@@ -242,12 +244,8 @@ def default_metrics_url(settings: Settings) -> str:
 async def collect(settings: Settings, metrics_url: str | None) -> StatusReport:
     """Gather the whole status; Kafka and the metrics endpoint may be down, Postgres may not."""
     url = metrics_url or default_metrics_url(settings)
-    report = StatusReport(topic=settings.kafka_topic, group=settings.kafka_group_id)
-    lag = asyncio.create_task(
-        partition_lag(
-            settings.kafka_bootstrap_servers, settings.kafka_topic, settings.kafka_group_id
-        )
-    )
+    report = StatusReport(topic=", ".join(settings.topics), group=settings.kafka_group_id)
+    lag = asyncio.create_task(_lags(settings))
     samples = await scrape(url)
     if samples is not None:
         report.quota, report.metrics_url = quota_from(samples), metrics_endpoint(url)
@@ -263,6 +261,15 @@ async def collect(settings: Settings, metrics_url: str | None) -> StatusReport:
     return report
 
 
+async def _lags(settings: Settings) -> list[PartitionLag]:
+    found: list[PartitionLag] = []
+    for topic in settings.topics:
+        found += await partition_lag(
+            settings.kafka_bootstrap_servers, topic, settings.kafka_group_id
+        )
+    return found
+
+
 def _fill_summary(report: StatusReport, summary: StoreSummary) -> None:
     report.outcomes = dict(summary.outcomes)
     report.finished_total = summary.finished_total
@@ -274,16 +281,17 @@ def _fill_summary(report: StatusReport, summary: StoreSummary) -> None:
 
 def render(report: StatusReport, now: datetime | None = None) -> str:
     """The report as text for a terminal."""
-    lines = [f"topic {report.topic} · group {report.group}", "", "consumer lag"]
+    several = "," in report.topic
+    lines = [f"{'topics' if several else 'topic'} {report.topic} · group {report.group}"]
+    lines += ["", "consumer lag"]
     if report.kafka_error:
         lines.append(f"  unknown: {report.kafka_error}")
     for p in report.partitions:
         committed = "-" if p.committed is None else str(p.committed)
         high = "?" if p.high_watermark is None else str(p.high_watermark)
         lag = "?" if p.lag is None else str(p.lag)
-        lines.append(
-            f"  partition {p.partition:<3} committed {committed:>8}  end {high:>8}  lag {lag}"
-        )
+        where = f"{p.topic} [{p.partition}]" if several else f"partition {p.partition:<3}"
+        lines.append(f"  {where} committed {committed:>8}  end {high:>8}  lag {lag}")
     if report.partitions:
         total = report.total_lag
         lines.append(f"  total lag {'?' if total is None else total}")

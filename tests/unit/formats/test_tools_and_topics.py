@@ -14,6 +14,7 @@ from daemon.events import RecordRef
 from daemon.formats.mapping import parse_mapping
 from daemon.tools.importing import check_import_topic
 from daemon.tools.replay import ReplayReport, choose, record_event_id
+from daemon.tools.status import PartitionLag, StatusReport, render
 
 MAPPING = """
 topics:
@@ -78,3 +79,23 @@ def test_topics_setting_replaces_the_single_topic() -> None:
         with pytest.raises(ConfigError) as caught:
             load_settings({"PIVOTAL_SYNC_KAFKA_TOPICS": bad})
         assert caught.value.variable == "PIVOTAL_SYNC_KAFKA_TOPICS"
+
+
+def test_status_names_the_topic_of_each_partition_when_there_are_several() -> None:
+    """With several topics the lag lines say which topic a partition belongs to."""
+    report = StatusReport(
+        topic="crm.public.accounts, crm.public.people",
+        group="pivotal-sync",
+        partitions=[
+            PartitionLag(
+                topic="crm.public.accounts", partition=0, committed=4, high_watermark=6, lag=2
+            ),
+            PartitionLag(
+                topic="crm.public.people", partition=0, committed=1, high_watermark=2, lag=1
+            ),
+        ],
+    )
+    text = render(report)
+    assert text.startswith("topics crm.public.accounts, crm.public.people · group pivotal-sync")
+    assert "  crm.public.people [0] committed        1" in text
+    assert "total lag 3" in text
