@@ -120,3 +120,16 @@ def test_schema_rejects_bad_mapping_values(override: dict[str, Any], message: st
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as caught:
         chart.validate_schema(merge(REQUIRED_VALUES, override))
     assert message in str(caught.value)
+
+
+def test_keda_scales_on_the_lag_of_every_topic_when_there_are_several() -> None:
+    """With kafkaTopics, the KEDA trigger names no topic: KEDA then sums the group's topics."""
+
+    def trigger(values: dict[str, Any]) -> dict[str, Any]:
+        with_keda = merge(values, {"keda": {"enabled": True}})
+        scaled = only(manifests_of(render_files(with_keda)), "ScaledObject")
+        metadata: dict[str, Any] = scaled["spec"]["triggers"][0]["metadata"]
+        return metadata
+
+    assert trigger(REQUIRED_VALUES)["topic"] == "crm.customers"
+    assert "topic" not in trigger(INLINE_VALUES)
