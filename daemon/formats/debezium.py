@@ -11,7 +11,10 @@ messages (`m`) name no row and are refused.
 The position of a change in the source database is its sequence, so that the scheduler's
 staleness rule drops an older change replayed after a newer one. In order of preference:
 `source.lsn` (PostgreSQL: a position in the write-ahead log), the binlog position (MySQL:
-`source.file` and `source.pos`; `source.ts_ms` has only second precision there), `source.ts_ms`.
+`source.file` and `source.pos`; `source.ts_ms` has only second precision there), `source.scn`
+(Oracle), `source.ts_ms`. The last is a commit time in milliseconds: two changes of one row in
+the same millisecond would make the second look stale, so a table with a version column should
+name it as the mapping's `sequence`.
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ def position(source: Mapping[str, Any]) -> int | None:
         if index and int(offset) < 2**_BINLOG_POSITION_BITS:
             value = (int(index.group(1)) << _BINLOG_POSITION_BITS) | int(offset)
             return value if value <= MAX_SEQUENCE else None
+    scn = source.get("scn")
+    if isinstance(scn, str) and scn.isascii() and scn.isdigit() and len(scn) < 19:
+        return int(scn)
     ts_ms = source.get("ts_ms")
     return int(ts_ms) if _natural(ts_ms) else None
 

@@ -193,12 +193,14 @@ def test_broken_records_are_dead_lettered(mapping: MappingFile, value: bytes, re
 
 
 def test_position_prefers_lsn_then_binlog_then_timestamp() -> None:
-    """PostgreSQL lsn; MySQL file index and position (ts_ms is only to the second there)."""
+    """PostgreSQL lsn; MySQL file index and position (ts_ms is only to the second there);
+    Oracle scn; then the commit time."""
     assert position({"lsn": 5, "ts_ms": 9}) == 5
     later_file = position({"file": "mysql-bin.000004", "pos": 10, "ts_ms": 9})
     earlier_file = position({"file": "mysql-bin.000003", "pos": 99_999, "ts_ms": 9})
     assert later_file is not None
     assert earlier_file is not None
     assert later_file > earlier_file
+    assert position({"scn": "8812", "ts_ms": 9}) == 8812
     assert position({"ts_ms": 9}) == 9
     assert position({}) is None
