@@ -93,8 +93,11 @@ class Expression:
         return self.compiled.search(document)
 
     def matches(self, document: Any) -> bool:
-        # JMESPath truthiness: null, false, "", [] and {} are false.
-        return self.search(document) not in (None, False, "", [], {})
+        # JMESPath truthiness: null, false, "", [] and {} are false; 0 is true (unlike Python).
+        value = self.search(document)
+        if value is None or value is False:
+            return False
+        return not (isinstance(value, str | list | dict) and not value)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

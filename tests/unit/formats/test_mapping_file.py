@@ -185,3 +185,34 @@ def test_run_with_a_bad_mapping_file_stops_start_up_with_exit_2(
     assert "PIVOTAL_SYNC_MAPPING_FILE" in err
     assert f"{path}:4: topics.crm.customers.kind" in err
     assert "pk_test_unused" not in err
+
+
+@pytest.mark.parametrize(
+    ("value", "skipped"),
+    [
+        (None, False),
+        (False, False),
+        ("", False),
+        ([], False),
+        ({}, False),
+        (0, True),
+        (True, True),
+        ("x", True),
+        ([0], True),
+    ],
+)
+def test_skip_when_follows_jmespath_truthiness(value: object, skipped: bool) -> None:
+    """null, false and empty values do not match; 0 does (JMESPath, not Python, truthiness)."""
+    mapping = parse_mapping(
+        "topics:\n  t:\n    format: cloudevents\n    kind: customer\n    id: data.id\n"
+        "    skip_when: [data.flag]\n    fields:\n      name: data.name\n",
+        "m.yaml",
+    )
+    data = {"id": "c1", "name": "A", "flag": value}
+    value_bytes = json.dumps(
+        {"specversion": "1.0", "id": "e", "source": "s", "type": "t", "data": data}
+    ).encode()
+    decoded = mapping.decode(
+        RecordRef(topic="t", partition=0, offset=0, key=None, value=value_bytes)
+    )
+    assert isinstance(decoded, Skip) is skipped
