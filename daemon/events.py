@@ -4,6 +4,7 @@ No I/O here. See docs/events.md for the wire format (CloudEvents 1.0, structured
 JSON mode, record key = the customer's external id, tombstone = delete of the key's customer).
 
     parse_record(record) -> Event          raises InvalidEventError(reason, detail)
+    parse_cloudevent(document, record)     the same, from the event in structured form
     validate_fields(kind, fields) -> None  raises InvalidEventError("invalid_field", detail)
 
 `reason` is always one of `INVALID_EVENT_REASONS` (a metric label and a dead-letter column).
@@ -135,7 +136,12 @@ def parse_record(record: RecordRef) -> Event:
     """Turn one Kafka record into an Event, or raise InvalidEventError with a fixed reason."""
     if record.value is None:
         return _tombstone(record)
-    document = _load_json(record.value)
+    return parse_cloudevent(_load_json(record.value), record)
+
+
+def parse_cloudevent(document: Any, record: RecordRef) -> Event:
+    """An event already read into its structured form (daemon/formats/cloudevents.py reads the
+    binary content mode into one) → an Event, or InvalidEventError with a fixed reason."""
     if not isinstance(document, dict):
         raise InvalidEventError(
             "not_cloudevent", f"expected a JSON object, got {_json_type(document)}"

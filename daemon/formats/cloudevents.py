@@ -21,12 +21,12 @@ daemon's either way (`daemon/events.py`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from daemon.errors import InvalidEventError
-from daemon.events import Event, RecordRef, parse_record
+from daemon.events import Event, RecordRef, parse_cloudevent, parse_record
 
 HEADER_PREFIX = "ce_"
 CONTENT_TYPE_HEADER = "content-type"
@@ -38,58 +38,74 @@ MAX_ATTRIBUTE_NAME_CHARS = 20
 
 def content_mode(record: RecordRef) -> str:
     """ "binary", "structured" or "batch", from the headers (the binding's own rule)."""
-    content_type = _header(record, CONTENT_TYPE_HEADER)
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type.startswith("application/cloudevents-batch"):
-        return "batch"
-    if media_type.startswith("application/cloudevents"):
-        return "structured"
-    if _header(record, HEADER_PREFIX + "specversion") is not None:
-        return "binary"
-    return "structured"
+    return _mode(_headers(record))
 
 
 def decode_builtin(record: RecordRef) -> Event:
     """The built-in contract: `type` names kind and action, `subject` the entity, `data` the
-    fields. A binary-mode event is read as its structured twin; the event keeps the record
-    exactly as it arrived (a dead letter must hold what came, not what we made of it)."""
-    mode = content_mode(record)
-    if record.value is None or mode == "structured":
+    fields. A binary-mode event is read into its structured form first; the event keeps the
+    record exactly as it arrived (a dead letter must hold what came, not what we made of it)."""
+    if record.value is None or not record.headers:
         return parse_record(record)
-    document = read_cloudevent(record)
-    twin = dataclasses.replace(record, value=json.dumps(document).encode())
-    return dataclasses.replace(parse_record(twin), record=record)
+    headers = _headers(record)
+    if _mode(headers) == "structured":
+        return parse_record(record)
+    return parse_cloudevent(_read(record, headers), record)
 
 
 def read_cloudevent(record: RecordRef) -> dict[str, Any]:
     """The event as one JSON object, whatever the content mode; InvalidEventError when the
     record cannot be one (batch mode, bad JSON, bad headers)."""
-    mode = content_mode(record)
+    return _read(record, _headers(record))
+
+
+def _read(record: RecordRef, headers: Mapping[str, tuple[str, bytes]]) -> dict[str, Any]:
+    mode = _mode(headers)
     if mode == "batch":
         raise InvalidEventError(
             "cloudevents_batch",
             f"{BATCH_CONTENT_TYPE} is not accepted: publish one event per record",
         )
     if mode == "binary":
-        return _from_binary(record)
+        return _from_binary(record, headers)
     document = load_json(record.value)
     if not isinstance(document, dict):
         raise InvalidEventError("not_cloudevent", "expected a JSON object")
     return document
 
 
-def _from_binary(record: RecordRef) -> dict[str, Any]:
-    document: dict[str, Any] = {}
+def _headers(record: RecordRef) -> dict[str, tuple[str, bytes]]:
+    """Headers by lower-cased name (the first of a repeated name wins), with the name as sent."""
+    found: dict[str, tuple[str, bytes]] = {}
     for name, raw in record.headers:
-        if not name.lower().startswith(HEADER_PREFIX):
+        found.setdefault(name.lower(), (name, raw))
+    return found
+
+
+def _mode(headers: Mapping[str, tuple[str, bytes]]) -> str:
+    content_type = _text(*headers[CONTENT_TYPE_HEADER]) if CONTENT_TYPE_HEADER in headers else ""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type.startswith("application/cloudevents-batch"):
+        return "batch"
+    if media_type.startswith("application/cloudevents"):
+        return "structured"
+    if HEADER_PREFIX + "specversion" in headers:
+        return "binary"
+    return "structured"
+
+
+def _from_binary(record: RecordRef, headers: Mapping[str, tuple[str, bytes]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for lowered, (name, raw) in headers.items():
+        if not lowered.startswith(HEADER_PREFIX):
             continue
-        attribute = name[len(HEADER_PREFIX) :].lower()
+        attribute = lowered[len(HEADER_PREFIX) :]
         if not attribute.isalnum() or len(attribute) > MAX_ATTRIBUTE_NAME_CHARS:
             raise InvalidEventError("not_cloudevent", f"header {name[:40]!r} is no attribute")
         document[attribute] = _text(name, raw)
-    content_type = _header(record, CONTENT_TYPE_HEADER)
-    if content_type is not None:
-        document["datacontenttype"] = content_type
+    content_type = None
+    if CONTENT_TYPE_HEADER in headers:
+        content_type = document["datacontenttype"] = _text(*headers[CONTENT_TYPE_HEADER])
     # An empty value is an event without data (a delete, typically); null is a tombstone.
     if record.value:
         document["data"] = _data(record.value, content_type)
@@ -117,13 +133,6 @@ def load_json(value: bytes | None) -> Any:
 def _reject_constant(name: str) -> Any:
     # NaN and Infinity are not JSON, and Pivotal would choke on them.
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _header(record: RecordRef, wanted: str) -> str | None:
-    for name, raw in record.headers:
-        if name.lower() == wanted:
-            return _text(name, raw)
-    return None
 
 
 def _text(name: str, raw: bytes | None) -> str:
