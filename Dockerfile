@@ -1,11 +1,19 @@
-# syntax=docker/dockerfile:1
 # Two stages (after astral-sh/uv-docker-example multistage.Dockerfile): the builder installs the
 # locked dependencies, then the project, into /app/.venv; the runtime stage gets only that venv.
-# Both stages use the same Python image, so the venv's interpreter path is valid in the runtime.
+# Both stages start from the same base, so the venv's interpreter path is valid in the runtime.
+#
+# No `# syntax=` line: BuildKit would pull that frontend from a registry, and the built-in one
+# already supports `RUN --mount`. Build arguments, with the public defaults:
+#   BASE_IMAGE  any Debian-like image with Python 3.11 and venv (tests/deploy builds on a
+#               debootstrap'd Debian bookworm where no registry can be reached)
+#   UV_VERSION  the uv the Makefile pins, installed from PyPI (no registry image needed)
+#   VERSION     the package version, for the image label (the release workflow passes it)
+# A host CA bundle (a TLS-inspecting proxy) can be passed as the build secret `ca-certificates`;
+# it is mounted for the install steps only and never stored in a layer.
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS builder
-# The uv the Makefile pins (UV_VERSION); tests/deploy checks that they agree.
-COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /bin/uv
+FROM ${BASE_IMAGE} AS builder
+ARG UV_VERSION=0.13.9
 # Compile bytecode at build time: the runtime file system is read-only.
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
@@ -13,20 +21,30 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
 
+# uv from PyPI into a throw-away venv of its own (the builder stage is not shipped).
+RUN --mount=type=secret,id=ca-certificates,required=false \
+    if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi \
+    && python3 -m venv /opt/uv \
+    && /opt/uv/bin/pip install --no-cache-dir --disable-pip-version-check "uv==${UV_VERSION}"
+
 # Dependencies first, from the lock file alone: this layer is rebuilt only when they change.
 RUN --mount=type=cache,target=/root/.cache/uv \
+    --mount=type=secret,id=ca-certificates,required=false \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --frozen --no-dev --no-install-project
+    if [ -s /run/secrets/ca-certificates ]; then export SSL_CERT_FILE=/run/secrets/ca-certificates; fi \
+    && /opt/uv/bin/uv sync --frozen --no-dev --no-install-project
 
 # Then the project itself, installed as a wheel (not editable): /src is not needed at run time.
 COPY pyproject.toml uv.lock README.md ./
 COPY daemon ./daemon
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    --mount=type=secret,id=ca-certificates,required=false \
+    if [ -s /run/secrets/ca-certificates ]; then export SSL_CERT_FILE=/run/secrets/ca-certificates; fi \
+    && /opt/uv/bin/uv sync --frozen --no-dev --no-editable
 
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="pivotal-sync" \

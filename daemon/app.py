@@ -38,7 +38,9 @@ from daemon.ratelimit import RateLimiter
 from daemon.recorder import Recorder
 from daemon.scheduler import Scheduler
 from daemon.server import create_app, serve
+from daemon.signals import run_until_signalled
 from daemon.source import Partitions, Source
+from daemon.version import version
 
 DB_CHECK_INTERVAL_SECONDS = 5.0
 # Checkpoint retention runs this long after start-up, then at this interval.
@@ -86,9 +88,8 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up, installed with uvicorn[standard]
     except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
+        return run_until_signalled(main)
+    return run_until_signalled(main, loop_factory=uvloop.new_event_loop)
 
 
 class Daemon:
@@ -127,6 +128,12 @@ class Daemon:
 
     # -- run -------------------------------------------------------------------------------
     async def run(self) -> int:
+        log.info(
+            "starting",
+            version=version(),
+            dry_run=self.settings.dry_run,
+            topic=self.settings.kafka_topic,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)

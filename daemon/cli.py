@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from daemon.errors import ConfigError
+from daemon.version import version
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mirror CRM change events from Kafka into the Pivotal API.",
         epilog="Configuration comes from the environment (PIVOTAL_API_KEY, PIVOTAL_SYNC_*).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="consume the topic and sync into Pivotal (the daemon)")
@@ -50,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_run)
 
-    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply database migrations and exit",
+        description="Create or upgrade the daemon's tables in PIVOTAL_SYNC_DATABASE_URL, then "
+        "exit. Safe to run from several places at once: migrations run under a Postgres "
+        "advisory lock, and `run` and the operator commands apply them the same way on start.",
+    )
     migrate.set_defaults(handler=_migrate)
 
     from daemon.sandbox import server  # noqa: PLC0415 - argument definitions only

@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from daemon.errors import ConfigError
+from daemon.unknown_settings import closest, unknown_variables
 
 ENV_PREFIX = "PIVOTAL_SYNC_"
 API_KEY_VARIABLE = "PIVOTAL_API_KEY"
@@ -167,6 +168,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     Raises ConfigError naming the first bad variable; the message never echoes the value.
     """
     env = dict(os.environ if environ is None else environ)
+    _refuse_unknown(env)
     data: dict[str, Any] = {}
     for name, value in env.items():
         if name in (API_KEY_VARIABLE, API_KEY_FILE_VARIABLE) or name.startswith(ENV_PREFIX):
@@ -186,6 +188,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         raise ConfigError(_variable_for(field), first["msg"]) from None
+
+
+def known_variables() -> set[str]:
+    """Every variable a setting is read from."""
+    return {_variable_for(field) for field in Settings.model_fields}
+
+
+def _refuse_unknown(env: Mapping[str, str]) -> None:
+    known = known_variables()
+    unknown = unknown_variables(env, ENV_PREFIX, known)
+    if not unknown:
+        return
+    name = unknown[0]
+    guess = closest(name, known)
+    hint = f"did you mean {guess}?" if guess else "the settings are listed in README.md"
+    others = f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+    raise ConfigError(name, f"unknown setting, {hint}{others}")
 
 
 def _field_for(variable: str) -> str:

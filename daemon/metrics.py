@@ -5,15 +5,29 @@ Labels are bounded: never an event id, entity id or key. Label sets that are kno
 are created in `Metrics.__init__`, so their series exist at zero from the first scrape (an
 alert on `increase(...)` needs the zero).
 
-A private `CollectorRegistry` per instance keeps tests independent of each other.
+A private `CollectorRegistry` per instance keeps tests independent of each other; it also
+carries the standard `process_*` and `python_info` collectors (CPU, memory, file descriptors),
+which only the default registry would have otherwise. `_created` series are turned off: they
+were 29 % of a scrape and nothing reads them (counter resets are visible without them).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from daemon.events import EntityKind
 from daemon.outcomes import Outcome
+from daemon.version import python_version, version
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX = "pivotal_sync"
 METHODS = ("GET", "POST", "PATCH", "DELETE")
@@ -59,6 +73,15 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge(
+            f"{PREFIX}_build_info",
+            "Always 1; the labels say which build is running.",
+            ["version", "python_version"],
+            registry=r,
+        )
+        self.build_info.labels(version=version(), python_version=python_version()).set(1)
         self.events_consumed = Counter(
             f"{PREFIX}_events_consumed",
             "Kafka records consumed.",

@@ -10,7 +10,6 @@ unreachable dependency), 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
@@ -31,6 +30,14 @@ PROGRESS_LINE_INTERVAL_SECONDS = 5.0
 PROGRESS_BAR_WIDTH = 30
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+# What every TIME argument accepts, for the help texts (parse_time is the one parser).
+TIME_FORMATS = (
+    "TIME is an RFC 3339 / ISO 8601 time (2026-11-26T10:00:00Z, 2026-11-26T11:00:00+01:00; "
+    "without an offset it is UTC), a date (2026-11-26, midnight UTC), `now`, or an age "
+    "before now: a number with s, m, h or d (90s, 15m, 2h, 3d)."
+)
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
@@ -101,19 +108,44 @@ class ProgressBar:
             self._drawn = False
 
 
-def run_command(coroutine: Coroutine[Any, Any, int]) -> int:
-    """Run one command's coroutine; an unreachable dependency is a message, not a traceback."""
+def run_command(coroutine: Coroutine[Any, Any, int], *, database_url: str | None = None) -> int:
+    """Run one command's coroutine; an unreachable dependency is a message, not a traceback.
+
+    With `database_url`, the daemon's tables are created or upgraded first, exactly as `run`
+    does on start (under the migrations' advisory lock), so a tool works on a fresh database.
+    SIGTERM and SIGINT stop the command cleanly, also as PID 1 (daemon/signals.py).
+    """
     import asyncpg  # noqa: PLC0415
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
+    from daemon.signals import run_until_signalled  # noqa: PLC0415
+
+    async def main() -> int:
+        try:
+            if database_url is not None:
+                await ensure_tables(database_url)
+            return await coroutine
+        finally:
+            coroutine.close()  # never started when the migration failed: no "never awaited"
+
     try:
-        return asyncio.run(coroutine)
+        return run_until_signalled(main())
     except asyncpg.UndefinedTableError:
         error("the daemon's tables do not exist yet: run `pivotal-sync migrate` first")
         return EXIT_PROBLEMS
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
         error(f"{type(exc).__name__}: {exc}")
         return EXIT_PROBLEMS
+
+
+async def ensure_tables(database_url: str) -> None:
+    """Apply pending migrations (advisory-locked, as `run` does); say so on stderr if any."""
+    from daemon.checkpoints import CheckpointStore  # noqa: PLC0415
+
+    async with await CheckpointStore.connect(database_url) as store:
+        applied = await store.migrate()
+    if applied:
+        error(f"applied migrations {', '.join(applied)}")
 
 
 def error(message: str) -> None:

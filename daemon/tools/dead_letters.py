@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from daemon.tools.common import (
     EXIT_OK,
     EXIT_PROBLEMS,
     EXIT_USAGE,
+    TIME_FORMATS,
     ProgressBar,
     error,
     open_store,
@@ -239,7 +241,7 @@ def run_list(args: argparse.Namespace) -> int:
             print(render_letters(found))
         return EXIT_OK
 
-    return run_command(run())
+    return run_command(run(), database_url=config.require_database_url())
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -260,7 +262,7 @@ def run_show(args: argparse.Namespace) -> int:
                 print(f"{name:<16} {text}")
         return EXIT_OK
 
-    return run_command(run())
+    return run_command(run(), database_url=config.require_database_url())
 
 
 def run_retry(args: argparse.Namespace) -> int:
@@ -291,7 +293,7 @@ def run_retry(args: argparse.Namespace) -> int:
             print(render_retry(plan, result))
         return EXIT_OK if plan.send and (result is None or result.sent) else EXIT_PROBLEMS
 
-    return run_command(run())
+    return run_command(run(), database_url=config.require_database_url())
 
 
 def run_purge(args: argparse.Namespace) -> int:
@@ -316,7 +318,7 @@ def run_purge(args: argparse.Namespace) -> int:
         print(f"deleted {deleted} dead letters")
         return EXIT_OK
 
-    return run_command(run())
+    return run_command(run(), database_url=config.require_database_url())
 
 
 def letter_json(letter: Letter, *, full: bool) -> dict[str, Any]:
@@ -422,7 +424,19 @@ def _add_filters(parser: argparse.ArgumentParser, *, states: bool = True) -> Non
 def add_parser(commands: Any) -> None:  # argparse's subparsers action has no public type
     """Register `dead-letters` and its actions."""
     parser = commands.add_parser(
-        "dead-letters", help="list, show, retry or purge dead-lettered events"
+        "dead-letters",
+        help="list, show, retry or purge dead-lettered events",
+        description=textwrap.fill(
+            "Events the daemon could not apply, kept in Postgres with the record and Pivotal's "
+            "answer. `retry` sends them back through the daemon (same rate limit, same "
+            "checkpoints); `purge` deletes them. --since takes a TIME: " + TIME_FORMATS
+        ),
+        epilog="examples:\n"
+        "  pivotal-sync dead-letters list --reason http_400 --since 2h\n"
+        "  pivotal-sync dead-letters show 42\n"
+        "  pivotal-sync dead-letters retry --reason parent_missing --dry-run\n"
+        "  pivotal-sync dead-letters purge --state resolved",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 

@@ -24,9 +24,13 @@ import argparse
 import asyncio
 import csv
 import hashlib
+import io
+import itertools
 import json
+import sys
+import textwrap
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,8 +158,15 @@ def event_id(
 Row = dict[str, Any]
 
 
+# `import -`: rows from standard input (`kubectl exec -i … -- pivotal-sync import - < file`), so
+# a pod with a read-only file system needs no place for the file.
+STDIN = Path("-")
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, Row | str]]:
     """(line number, row) per data row; a row that cannot be read at all is its problem text."""
+    if path == STDIN:
+        return _stdin_rows()
     if not path.is_file():
         raise ImportFileError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -166,38 +177,56 @@ def read_rows(path: Path) -> Iterator[tuple[int, Row | str]]:
     raise ImportFileError(f"{path}: unknown format {suffix!r} (use .csv or .jsonl)")
 
 
+def _stdin_rows() -> Iterator[tuple[int, Row | str]]:
+    """Standard input has no file name: a first line opening a JSON object means JSON Lines."""
+    handle = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
+    first = handle.readline()
+    lines = itertools.chain([first], handle)
+    if first.lstrip().startswith("{"):
+        return _jsonl_lines(lines)
+    return _csv_lines(lines, "standard input")
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, Row | str]]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise ImportFileError(f"{path}: empty file, expected a header row")
-        names = [name.strip() for name in header]
-        start = reader.line_num + 1
-        for cells in reader:
-            line, start = start, reader.line_num + 1
-            if not any(cell.strip() for cell in cells):
-                continue  # blank line
-            if len(cells) != len(names):
-                yield line, f"expected {len(names)} columns, got {len(cells)}"
-                continue
-            yield line, {n: c.strip() for n, c in zip(names, cells, strict=True) if c.strip()}
+        yield from _csv_lines(handle, str(path))
+
+
+def _csv_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, Row | str]]:
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if not header:
+        raise ImportFileError(f"{source}: empty file, expected a header row")
+    names = [name.strip() for name in header]
+    start = reader.line_num + 1
+    for cells in reader:
+        line, start = start, reader.line_num + 1
+        if not any(cell.strip() for cell in cells):
+            continue  # blank line
+        if len(cells) != len(names):
+            yield line, f"expected {len(names)} columns, got {len(cells)}"
+            continue
+        yield line, {n: c.strip() for n, c in zip(names, cells, strict=True) if c.strip()}
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Row | str]]:
     with path.open(encoding="utf-8-sig") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                value = json.loads(text)
-            except (ValueError, RecursionError) as exc:
-                yield line, f"not valid JSON: {str(exc)[:80]}"
-                continue
-            if not isinstance(value, dict):
-                yield line, "expected a JSON object"
-                continue
-            yield line, value
+        yield from _jsonl_lines(handle)
+
+
+def _jsonl_lines(lines: Iterable[str]) -> Iterator[tuple[int, Row | str]]:
+    for line, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            yield line, f"not valid JSON: {str(exc)[:80]}"
+            continue
+        if not isinstance(value, dict):
+            yield line, "expected a JSON object"
+            continue
+        yield line, value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,7 +476,7 @@ def read_changes(
     if onboardings is not None:
         files.append((onboardings, EntityKind.ONBOARDING))
     for path, kind in files:
-        source = path.name
+        source = "stdin" if path == STDIN else path.name
         for line, row in read_rows(path):
             planner.plan.rows_read += 1
             if isinstance(row, str):
@@ -711,6 +740,9 @@ def run(args: argparse.Namespace) -> int:
     if args.file is None and args.contacts is None and args.onboardings is None:
         error("import: give a customers FILE, --contacts FILE or --onboardings FILE")
         return EXIT_USAGE
+    if [args.file, args.contacts, args.onboardings].count(STDIN) > 1:
+        error("import: only one of the files can be - (standard input)")
+        return EXIT_USAGE
     config = settings()
     check_import_topic(config)
     try:
@@ -740,7 +772,7 @@ def run(args: argparse.Namespace) -> int:
         problems = report.rejected or report.dead_lettered or report.pending
         return EXIT_PROBLEMS if problems else EXIT_OK
 
-    return run_command(run())
+    return run_command(run(), database_url=config.require_database_url())
 
 
 def _kinds(counts: dict[str, int]) -> str:
@@ -795,12 +827,26 @@ def add_parser(commands: Any) -> None:  # argparse's subparsers action has no pu
     imp = commands.add_parser(
         "import",
         help="publish a CSV / JSON Lines file of customers as events for the daemon",
-        description="Rows become events on the topic; the running daemon applies them. "
-        "Safe to run again: finished rows are skipped, nothing is created twice.",
+        description=textwrap.fill(
+            "Rows become events on the topic; the running daemon applies them. "
+            "Safe to run again: finished rows are skipped, nothing is created twice. FILE `-` "
+            "reads standard input (CSV, or JSON Lines when the first line is a JSON object), so "
+            "a read-only pod needs no copy of the file. Creates the daemon's tables on a fresh "
+            "database, as `run` does."
+        ),
+        epilog="examples:\n"
+        "  pivotal-sync import customers.csv --wait\n"
+        "  pivotal-sync import customers.jsonl --contacts contacts.csv --dry-run\n"
+        "  kubectl exec -i deploy/pivotal-sync -- pivotal-sync import - < customers.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    imp.add_argument("file", nargs="?", type=Path, metavar="FILE", help="customers .csv/.jsonl")
-    imp.add_argument("--contacts", type=Path, metavar="FILE", help="contacts, one per row")
-    imp.add_argument("--onboardings", type=Path, metavar="FILE", help="onboardings, one per row")
+    imp.add_argument(
+        "file", nargs="?", type=Path, metavar="FILE", help="customers .csv/.jsonl, or - for stdin"
+    )
+    imp.add_argument("--contacts", type=Path, metavar="FILE", help="contacts, one per row (or -)")
+    imp.add_argument(
+        "--onboardings", type=Path, metavar="FILE", help="onboardings, one per row (or -)"
+    )
     imp.add_argument("--wait", action="store_true", help="wait for the daemon, then report")
     imp.add_argument("--wait-timeout", type=float, default=3600.0, metavar="SECONDS", help="(3600)")
     imp.add_argument("--metrics-url", metavar="URL", help="the daemon's /metrics, for --wait")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from daemon.tools.common import (
     EXIT_OK,
     EXIT_PROBLEMS,
     EXIT_USAGE,
+    TIME_FORMATS,
     ProgressBar,
     error,
     open_store,
@@ -321,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
             print(render(report))
         return EXIT_OK if report.matched else EXIT_PROBLEMS
 
-    return run_command(run())
+    return run_command(run(), database_url=config.require_database_url())
 
 
 def render(report: ReplayReport) -> str:
@@ -344,10 +346,27 @@ def render(report: ReplayReport) -> str:
 def add_parser(commands: Any) -> None:  # argparse's subparsers action has no public type
     """Register `replay`."""
     replay = commands.add_parser(
-        "replay", help="re-deliver a time slice of the topic (finished events stay skipped)"
+        "replay",
+        help="re-deliver a time slice of the topic (finished events stay skipped)",
+        description=textwrap.fill(
+            "Publish again the events the topic holds between --from and --to; the running "
+            "daemon applies them. Events it already finished are skipped unless --force."
+        )
+        + "\n\n"
+        + textwrap.fill(TIME_FORMATS),
+        epilog="examples:\n"
+        "  pivotal-sync replay --from 2h --dry-run\n"
+        "  pivotal-sync replay --from 2026-11-26T10:00:00Z --to 2026-11-26T11:00:00Z\n"
+        "  pivotal-sync replay --from 3d --entity cus_0042 --force",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     replay.add_argument(
-        "--from", dest="from_", type=parse_time, required=True, metavar="TIME", help="slice start"
+        "--from",
+        dest="from_",
+        type=parse_time,
+        required=True,
+        metavar="TIME",
+        help="slice start (see TIME above)",
     )
     replay.add_argument("--to", type=parse_time, metavar="TIME", help="slice end (default: now)")
     replay.add_argument("--entity", metavar="EXTERNAL_ID", help="only this customer or entity")

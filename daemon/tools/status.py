@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from daemon.tools.common import (
     run_command,
     settings,
 )
+from daemon.version import version
 
 METRICS_TIMEOUT_SECONDS = 2.0
 # Fetches needed to learn every partition's high watermark (one is usually enough).
@@ -186,6 +188,16 @@ async def daemon_requests(url: str | None) -> float | None:
     return None if samples is None else _total(samples, "pivotal_sync_api_requests_total")
 
 
+def daemon_version_from(samples: Mapping[str, float]) -> str | None:
+    """The version label of pivotal_sync_build_info, if the daemon exports it."""
+    for key in samples:
+        name, _, labels = key.partition("{")
+        if name == "pivotal_sync_build_info":
+            found = re.search(r'(?:^|,)version="([^"]*)"', labels)
+            return found.group(1) if found else None
+    return None
+
+
 def quota_from(samples: Mapping[str, float]) -> dict[str, Any]:
     quota: dict[str, Any] = {
         label: samples[name] for name, label in QUOTA_GAUGES.items() if name in samples
@@ -220,6 +232,9 @@ class StatusReport:
     dead_letter_states: dict[str, int] = field(default_factory=dict)
     entities: dict[str, int] = field(default_factory=dict)
     migrations_pending: list[str] = field(default_factory=list)
+    # This command's version, and the running daemon's (from its build-info metric).
+    version: str = field(default_factory=version)
+    daemon_version: str | None = None
 
     @property
     def total_lag(self) -> int | None:
@@ -249,6 +264,7 @@ async def collect(settings: Settings, metrics_url: str | None) -> StatusReport:
     samples = await scrape(url)
     if samples is not None:
         report.quota, report.metrics_url = quota_from(samples), metrics_endpoint(url)
+        report.daemon_version = daemon_version_from(samples)
     async with await open_store(settings) as store:
         summary = await store.summary()
         report.dead_letter_states = await store.dead_letter_states()
@@ -282,8 +298,13 @@ def _fill_summary(report: StatusReport, summary: StoreSummary) -> None:
 def render(report: StatusReport, now: datetime | None = None) -> str:
     """The report as text for a terminal."""
     several = "," in report.topic
-    lines = [f"{'topics' if several else 'topic'} {report.topic} · group {report.group}"]
-    lines += ["", "consumer lag"]
+    daemon = report.daemon_version or "unknown (no daemon metrics answered)"
+    lines = [
+        f"pivotal-sync {report.version} · daemon {daemon}",
+        f"{'topics' if several else 'topic'} {report.topic} · group {report.group}",
+        "",
+        "consumer lag",
+    ]
     if report.kafka_error:
         lines.append(f"  unknown: {report.kafka_error}")
     for p in report.partitions:
