@@ -3,7 +3,8 @@
 `python -m devtools.dashboard` writes `deploy/grafana/pivotal-sync.json` and the copy the Helm
 chart ships (`helm/pivotal-sync/files/grafana/`); `--check` fails when either is out of date.
 Queries use only the metric names declared in `daemon.metrics` (tests/deploy checks it) and are
-templated on the datasource, the namespace and the pod, so one dashboard serves every release.
+templated on the datasource, the namespace, the job (one per release: a ServiceMonitor names the
+job after the release's Service) and the pod, so one dashboard serves every release.
 
 Plain dicts rather than grafana-foundation-sdk: the panels need nothing the JSON model does not
 already say, and the project gains no dependency for it.
@@ -29,8 +30,8 @@ OUTPUT_PATHS = (
     Path("helm/pivotal-sync/files/grafana/pivotal-sync.json"),
 )
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-# Every query is scoped to the selected namespace(s) and pod(s).
-SCOPE = 'namespace=~"$namespace", pod=~"$pod"'
+# Every query is scoped to the selected namespace(s), job(s) and pod(s).
+SCOPE = 'namespace=~"$namespace", job=~"$job", pod=~"$pod"'
 RATE = "$__rate_interval"
 FULL_WIDTH = 24
 HALF_WIDTH = 12
@@ -390,6 +391,47 @@ def paused_panel() -> Panel:
     )
 
 
+def _of_daemons(expr: str) -> str:
+    """`expr` over process_* series, kept to the selected daemons' pods.
+
+    process_* carry no prefix, so other programs in the namespace export them too; the join on
+    pivotal_sync_ready keeps only pivotal-sync's.
+    """
+    return f"{expr} and on (namespace, job, pod) {metric('ready')}"
+
+
+def cpu_panel() -> Panel:
+    return timeseries(
+        "CPU",
+        "CPU seconds per second used by each daemon process (process_cpu_seconds_total).",
+        [(_of_daemons(f"rate(process_cpu_seconds_total{{{SCOPE}}}[{RATE}])"), "{{pod}}")],
+        unit="percentunit",
+        width=THIRD_WIDTH,
+    )
+
+
+def memory_panel() -> Panel:
+    return timeseries(
+        "Memory",
+        "Resident memory of each daemon process (process_resident_memory_bytes); the pod's "
+        "limit is resources.limits.memory.",
+        [(_of_daemons(f"process_resident_memory_bytes{{{SCOPE}}}"), "{{pod}}")],
+        unit="bytes",
+        width=THIRD_WIDTH,
+    )
+
+
+def open_files_panel() -> Panel:
+    return timeseries(
+        "Open file descriptors",
+        "File descriptors each daemon process holds (process_open_fds): sockets to Kafka, "
+        "Postgres and Pivotal.",
+        [(_of_daemons(f"process_open_fds{{{SCOPE}}}"), "{{pod}}")],
+        unit="short",
+        width=THIRD_WIDTH,
+    )
+
+
 def assigned_panel() -> Panel:
     return timeseries(
         "Assigned partitions",
@@ -415,6 +457,7 @@ def sections() -> list[tuple[str, list[Panel]]]:
             "Checkpoints",
             [checkpoint_duration_panel(), checkpoint_failures_panel(), checkpoint_age_panel()],
         ),
+        ("Process", [cpu_panel(), memory_panel(), open_files_panel()]),
     ]
 
 
@@ -471,7 +514,14 @@ def variables() -> list[dict[str, Any]]:
         },
         query_variable("namespace", "Namespace", f"label_values({PREFIX}_ready, namespace)"),
         query_variable(
-            "pod", "Pod", f'label_values({PREFIX}_ready{{namespace=~"$namespace"}}, pod)'
+            "job",
+            "Job (release)",
+            f'label_values({PREFIX}_ready{{namespace=~"$namespace"}}, job)',
+        ),
+        query_variable(
+            "pod",
+            "Pod",
+            f'label_values({PREFIX}_ready{{namespace=~"$namespace", job=~"$job"}}, pod)',
         ),
     ]
 

@@ -270,13 +270,19 @@ def test_backlog_threshold_is_recorded_from_values(full_manifests: list[Manifest
     }
 
 
-def test_dashboard_config_map_carries_the_deploy_dashboard_unchanged(
+def test_dashboard_config_map_carries_the_deploy_dashboard_with_the_releases_uid(
     full_manifests: list[Manifest],
 ) -> None:
     deploy_text = (DEPLOY / "grafana" / "pivotal-sync.json").read_text(encoding="utf-8")
     config_map = only(full_manifests, "ConfigMap", "pivotal-sync-dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert config_map["data"] == {"pivotal-sync.json": deploy_text}
+    # Byte for byte the generated file, but for the release's title (the UID of a release
+    # named pivotal-sync is the file's own).
+    expected = deploy_text.replace(
+        '\n  "title": "pivotal-sync",', '\n  "title": "pivotal-sync (sync/pivotal-sync)",'
+    )
+    assert expected != deploy_text
+    assert config_map["data"] == {"pivotal-sync.json": expected}
 
 
 def test_keda_never_scales_past_the_partition_count(full_manifests: list[Manifest]) -> None:
@@ -293,6 +299,7 @@ def test_optional_features_are_off_by_default(default_manifests: list[Manifest])
     assert kinds == [
         "Deployment",
         "Job",
+        "Pod",  # the `helm test` hook: created only by `helm test`
         "PodDisruptionBudget",
         "Secret",
         "Service",

@@ -19,6 +19,7 @@ GRAFANA_VARIABLES = {
     "$__rate_interval": "5m",
     "$__range": "1h",
     "$namespace": "sync",
+    "$job": "pivotal-sync",
     "$pod": ".*",
 }
 
@@ -54,13 +55,25 @@ def test_check_mode_fails_on_a_stale_copy(tmp_path: Path) -> None:
     assert dashboard.main(["--check", "--root", str(tmp_path)]) == 0
 
 
-def test_dashboard_is_templated_on_datasource_namespace_and_pod() -> None:
+def test_dashboard_is_templated_on_datasource_namespace_job_and_pod() -> None:
+    """Every query is scoped by namespace, job (the release) and pod: releases never merge."""
     board = dashboard.dashboard()
     names = [v["name"] for v in board["templating"]["list"]]
-    assert names == ["datasource", "namespace", "pod"]
+    assert names == ["datasource", "namespace", "job", "pod"]
     for expr in dashboard.queries(board):
         assert 'namespace=~"$namespace"' in expr
+        assert 'job=~"$job"' in expr
         assert 'pod=~"$pod"' in expr
+
+
+def test_process_panels_show_only_the_daemons_processes() -> None:
+    """CPU and memory panels read process_* joined to the daemon's own series."""
+    exprs = [e for e in dashboard.queries(dashboard.dashboard()) if "process_" in e]
+    assert {"rate(process_cpu_seconds_total", "process_resident_memory_bytes"} <= {
+        re.split(r"\{", e)[0] for e in exprs
+    }
+    for expr in exprs:
+        assert "and on (namespace, job, pod) pivotal_sync_ready{" in expr
 
 
 def test_panel_ids_and_positions_are_unique() -> None:

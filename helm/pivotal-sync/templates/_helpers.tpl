@@ -63,10 +63,42 @@ Create the name of the service account to use
 {{- end }}
 
 {{/*
-The image reference.
+The image reference: by digest when image.digest is set (immutable), else by tag.
 */}}
 {{- define "pivotal-sync.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of pods that are not the daemon (the migration Job, the helm test): a name of their own,
+so that the Deployment, PodDisruptionBudget, Service and NetworkPolicy selectors (name +
+instance) never pick them up. A PDB that selects a Job's pods blocks node drains.
+Call with (list . "migrate").
+*/}}
+{{- define "pivotal-sync.componentLabels" -}}
+{{- $ := index . 0 }}
+{{- $component := index . 1 -}}
+helm.sh/chart: {{ include "pivotal-sync.chart" $ }}
+app.kubernetes.io/name: {{ printf "%s-%s" (include "pivotal-sync.name" $) $component | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ $.Release.Name }}
+app.kubernetes.io/component: {{ $component }}
+{{- if $.Chart.AppVersion }}
+app.kubernetes.io/version: {{ $.Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ $.Release.Service }}
+app.kubernetes.io/part-of: pivotal-sync
+{{- end }}
+
+{{/*
+The dashboard's Grafana UID: dashboard.uid, or one per release (Grafana allows 40 characters),
+so that two releases' dashboards do not overwrite each other in one Grafana.
+*/}}
+{{- define "pivotal-sync.dashboardUid" -}}
+{{- .Values.dashboard.uid | default (include "pivotal-sync.fullname" .) | trunc 40 | trimSuffix "-" }}
 {{- end }}
 
 {{/*
@@ -171,31 +203,47 @@ strings are left out so that the daemon's default applies.
 {{- end }}
 
 {{/*
-The restricted container security context. Fixed here rather than in values: nothing in the
-daemon needs it relaxed, and a values override should not be able to weaken it by accident.
+The restricted container security context. runAsUser and runAsGroup can be set to null (an
+OpenShift restricted SCC assigns its own UID and refuses a fixed one); anything else can be
+overridden field by field through securityContext.container, e.g. for a policy engine that
+wants a field spelled out.
 */}}
 {{- define "pivotal-sync.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ .Values.securityContext.runAsUser }}
-runAsGroup: {{ .Values.securityContext.runAsGroup }}
-readOnlyRootFilesystem: true
-allowPrivilegeEscalation: false
-capabilities:
-  drop:
-    - ALL
-seccompProfile:
-  type: RuntimeDefault
+{{- $context := dict "runAsNonRoot" true "readOnlyRootFilesystem" true "allowPrivilegeEscalation" false "capabilities" (dict "drop" (list "ALL")) "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- include "pivotal-sync.ids" (list . $context) }}
+{{- toYaml (mergeOverwrite $context (deepCopy (.Values.securityContext.container | default dict))) }}
 {{- end }}
 
 {{/*
-The pod security context (restricted Pod Security Standard).
+The pod security context (restricted Pod Security Standard); overridable as above through
+securityContext.pod.
 */}}
 {{- define "pivotal-sync.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ .Values.securityContext.runAsUser }}
-runAsGroup: {{ .Values.securityContext.runAsGroup }}
-seccompProfile:
-  type: RuntimeDefault
+{{- $context := dict "runAsNonRoot" true "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- include "pivotal-sync.ids" (list . $context) }}
+{{- toYaml (mergeOverwrite $context (deepCopy (.Values.securityContext.pod | default dict))) }}
+{{- end }}
+
+{{/*
+Adds runAsUser and runAsGroup to a security context dict unless they are null.
+*/}}
+{{- define "pivotal-sync.ids" -}}
+{{- $ := index . 0 }}
+{{- $context := index . 1 }}
+{{- if not (kindIs "invalid" $.Values.securityContext.runAsUser) }}
+{{- $_ := set $context "runAsUser" $.Values.securityContext.runAsUser }}
+{{- end }}
+{{- if not (kindIs "invalid" $.Values.securityContext.runAsGroup) }}
+{{- $_ := set $context "runAsGroup" $.Values.securityContext.runAsGroup }}
+{{- end }}
+{{- end }}
+
+{{/*
+The dashboard's title: dashboard.title, or one naming the release (Grafana refuses two
+dashboards with one title in a folder).
+*/}}
+{{- define "pivotal-sync.dashboardTitle" -}}
+{{- .Values.dashboard.title | default (printf "pivotal-sync (%s/%s)" .Release.Namespace .Release.Name) }}
 {{- end }}
 
 {{/*
