@@ -128,7 +128,7 @@ def test_the_migration_job_and_the_test_pod_carry_their_own_name_label() -> None
 
 
 def test_pods_get_no_service_link_variables() -> None:
-    """enableServiceLinks is off: no PIVOTAL_SYNC_SERVICE_HOST and the like in the environment."""
+    """enableServiceLinks is off: no service-link variables in the daemon's environment."""
     for _, spec in pods(rendered(REQUIRED_VALUES)):
         assert spec["enableServiceLinks"] is False
 
