@@ -108,11 +108,12 @@ class ProgressBar:
             self._drawn = False
 
 
-def run_command(coroutine: Coroutine[Any, Any, int], *, database_url: str | None = None) -> int:
+def run_command(coroutine: Coroutine[Any, Any, int], *, migrate: Settings | None = None) -> int:
     """Run one command's coroutine; an unreachable dependency is a message, not a traceback.
 
-    With `database_url`, the daemon's tables are created or upgraded first, exactly as `run`
-    does on start (under the migrations' advisory lock), so a tool works on a fresh database.
+    With `migrate` (the settings), the daemon's tables are created or upgraded first, exactly as
+    `run` does on start (under the migrations' advisory lock), so a tool works on a fresh
+    database.
     SIGTERM and SIGINT stop the command cleanly, also as PID 1 (daemon/signals.py).
     """
     import asyncpg  # noqa: PLC0415
@@ -122,8 +123,8 @@ def run_command(coroutine: Coroutine[Any, Any, int], *, database_url: str | None
 
     async def main() -> int:
         try:
-            if database_url is not None:
-                await ensure_tables(database_url)
+            if migrate is not None:
+                await ensure_tables(migrate)
             return await coroutine
         finally:
             coroutine.close()  # never started when the migration failed: no "never awaited"
@@ -138,11 +139,9 @@ def run_command(coroutine: Coroutine[Any, Any, int], *, database_url: str | None
         return EXIT_PROBLEMS
 
 
-async def ensure_tables(database_url: str) -> None:
+async def ensure_tables(config: Settings) -> None:
     """Apply pending migrations (advisory-locked, as `run` does); say so on stderr if any."""
-    from daemon.checkpoints import CheckpointStore  # noqa: PLC0415
-
-    async with await CheckpointStore.connect(database_url) as store:
+    async with await open_store(config) as store:
         applied = await store.migrate()
     if applied:
         error(f"applied migrations {', '.join(applied)}")

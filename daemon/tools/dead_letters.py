@@ -241,7 +241,7 @@ def run_list(args: argparse.Namespace) -> int:
             print(render_letters(found))
         return EXIT_OK
 
-    return run_command(run(), database_url=config.require_database_url())
+    return run_command(run(), migrate=config)
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -262,7 +262,7 @@ def run_show(args: argparse.Namespace) -> int:
                 print(f"{name:<16} {text}")
         return EXIT_OK
 
-    return run_command(run(), database_url=config.require_database_url())
+    return run_command(run(), migrate=config)
 
 
 def run_retry(args: argparse.Namespace) -> int:
@@ -293,7 +293,7 @@ def run_retry(args: argparse.Namespace) -> int:
             print(render_retry(plan, result))
         return EXIT_OK if plan.send and (result is None or result.sent) else EXIT_PROBLEMS
 
-    return run_command(run(), database_url=config.require_database_url())
+    return run_command(run(), migrate=config)
 
 
 def run_purge(args: argparse.Namespace) -> int:
@@ -318,7 +318,7 @@ def run_purge(args: argparse.Namespace) -> int:
         print(f"deleted {deleted} dead letters")
         return EXIT_OK
 
-    return run_command(run(), database_url=config.require_database_url())
+    return run_command(run(), migrate=config)
 
 
 def letter_json(letter: Letter, *, full: bool) -> dict[str, Any]:

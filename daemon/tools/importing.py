@@ -772,7 +772,7 @@ def run(args: argparse.Namespace) -> int:
         problems = report.rejected or report.dead_lettered or report.pending
         return EXIT_PROBLEMS if problems else EXIT_OK
 
-    return run_command(run(), database_url=config.require_database_url())
+    return run_command(run(), migrate=config)
 
 
 def _kinds(counts: dict[str, int]) -> str:

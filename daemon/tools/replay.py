@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
             print(render(report))
         return EXIT_OK if report.matched else EXIT_PROBLEMS
 
-    return run_command(run(), database_url=config.require_database_url())
+    return run_command(run(), migrate=config)
 
 
 def render(report: ReplayReport) -> str:

@@ -33,7 +33,7 @@ from daemon.source import Source
 from tests.unit.pipeline_doubles import TOPIC, MemoryCheckpoints, record
 
 ENVIRON = {
-    "PIVOTAL_SYNC_API_KEY": "pk_test_app",
+    "PIVOTAL_API_KEY": "pk_test_app",
     "PIVOTAL_SYNC_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
     "PIVOTAL_SYNC_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
     "PIVOTAL_SYNC_CHECKPOINT_RETENTION_DAYS": "0",
