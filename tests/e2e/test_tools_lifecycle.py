@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,3 +112,18 @@ async def _until_waiting_for_lock(holder: asyncpg.Connection, timeout: float = 3
     while not await holder.fetchval(query):
         assert time.monotonic() < deadline, "migrate never waited for the lock"
         await asyncio.sleep(0.2)
+
+
+def test_run_with_a_misspelt_variable_exits_2_naming_it() -> None:
+    """`pivotal-sync run` with a typo exits 2 before connecting to anything."""
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "run"],
+        env={"PIVOTAL_SYNC_KAFKA_TOPICS": "orders", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "PIVOTAL_SYNC_KAFKA_TOPICS" in result.stderr
+    assert "did you mean PIVOTAL_SYNC_KAFKA_TOPIC?" in result.stderr
