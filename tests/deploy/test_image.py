@@ -32,6 +32,8 @@ from tests.e2e.conftest import ScenarioFactory, scenario  # noqa: F401 - the fix
 
 DOCKERFILE = REPO / "Dockerfile"
 BASE_IMAGE_TAG = "pivotal-sync-test-base:bookworm"
+# Set to a pullable base (e.g. python:3.11-slim) to build on it instead of the debootstrap one.
+BASE_IMAGE_VARIABLE = "PIVOTAL_SYNC_TEST_BASE_IMAGE"
 IMAGE_TAG = "pivotal-sync:test"
 DEBIAN_SUITE = "bookworm"
 # Debian's CA bundle: a proxy that inspects TLS has its certificate here, not in pip's certifi.
@@ -172,7 +174,13 @@ def _builder(docker: str) -> tuple[list[str], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def base_image(docker: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A Debian bookworm base with Python 3.11, made once with debootstrap and then reused."""
+    """The base: BASE_IMAGE_VARIABLE's image where a registry answers (CI on GitHub pulls the
+    Dockerfile's default), else a Debian bookworm made once with debootstrap and then reused."""
+    given = os.environ.get(BASE_IMAGE_VARIABLE)
+    if given:
+        if not _ok(docker, "image", "inspect", given):
+            _run(docker, "pull", given)
+        return given
     if _ok(docker, "image", "inspect", BASE_IMAGE_TAG):
         return BASE_IMAGE_TAG
     debootstrap = require_tool("debootstrap", INSTALL_HINT)
