@@ -1,6 +1,6 @@
 """Refusing `PIVOTAL_SYNC_*` variables that name no setting.
 
-A typo is otherwise silent: `PIVOTAL_SYNC_KAFKA_TOPICS=orders` leaves the daemon consuming the
+A typo is otherwise silent: `PIVOTAL_SYNC_KAFKA_TOPPIC=orders` leaves the daemon consuming the
 default topic. So start-up stops (exit 2) naming the variable and the closest known name.
 
 Not everything under the prefix is ours to refuse:

@@ -118,12 +118,12 @@ def test_run_with_a_misspelt_variable_exits_2_naming_it() -> None:
     """`pivotal-sync run` with a typo exits 2 before connecting to anything."""
     result = subprocess.run(
         [sys.executable, "-m", "daemon.cli", "run"],
-        env={"PIVOTAL_SYNC_KAFKA_TOPICS": "orders", "PATH": "/usr/bin:/bin"},
+        env={"PIVOTAL_SYNC_KAFKA_TOPPIC": "orders", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 2
-    assert "PIVOTAL_SYNC_KAFKA_TOPICS" in result.stderr
+    assert "PIVOTAL_SYNC_KAFKA_TOPPIC" in result.stderr
     assert "did you mean PIVOTAL_SYNC_KAFKA_TOPIC?" in result.stderr

@@ -22,8 +22,8 @@ EXAMPLES = {
 def test_a_misspelt_variable_is_refused_with_the_closest_known_name() -> None:
     """A typo names itself and the setting it most likely meant."""
     with pytest.raises(ConfigError) as caught:
-        load_settings({"PIVOTAL_SYNC_KAFKA_TOPICS": "orders"})
-    assert caught.value.variable == "PIVOTAL_SYNC_KAFKA_TOPICS"
+        load_settings({"PIVOTAL_SYNC_KAFKA_TOPPIC": "orders"})
+    assert caught.value.variable == "PIVOTAL_SYNC_KAFKA_TOPPIC"
     assert "did you mean PIVOTAL_SYNC_KAFKA_TOPIC?" in str(caught.value)
 
 
