@@ -83,7 +83,7 @@ async def test_readyz_answers_503_with_every_reason(served: Served) -> None:
 async def test_metrics_are_prometheus_text_with_the_daemons_series(served: Served) -> None:
     """/metrics parses as the Prometheus text format and carries the daemon's counters and the
     readiness of the moment of the scrape."""
-    served.metrics.events_consumed.labels(partition="2").inc(3)
+    served.metrics.events_consumed.labels(topic="crm.customers", partition="2").inc(3)
     served.reasons.append("starting")
     answer = await served.client.get("/metrics")
     assert answer.status_code == 200
@@ -95,7 +95,11 @@ async def test_metrics_are_prometheus_text_with_the_daemons_series(served: Serve
         for family in text_string_to_metric_families(answer.text)
         for sample in family.samples
     }
-    assert samples[("pivotal_sync_events_consumed_total", (("partition", "2"),))] == 3
+    consumed = (
+        "pivotal_sync_events_consumed_total",
+        (("partition", "2"), ("topic", "crm.customers")),
+    )
+    assert samples[consumed] == 3
     assert samples[("pivotal_sync_ready", ())] == 0
 
 
