@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Coroutine
@@ -20,7 +21,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from daemon import logs
+from daemon import logs, postgres_access, tls
 from daemon.admitted import Admitted
 from daemon.backoff import Backoff, Stopped, retry
 from daemon.checkpoints import CheckpointStore
@@ -31,6 +32,7 @@ from daemon.dry_run import DryRunApi, UnlimitedPacer
 from daemon.entities import EntityCache
 from daemon.formats.mapping import MappingFile, mapping_for
 from daemon.intake import Intake
+from daemon.kafka_clients import KafkaClients
 from daemon.metrics import Metrics
 from daemon.pivotal import PivotalClient
 from daemon.progress import Progress
@@ -55,8 +57,15 @@ log = structlog.get_logger("pivotal_sync.app")
 
 def _configure(settings: Settings) -> None:
     logs.configure(settings.log_format, settings.log_level)
-    if settings.api_key is not None:
-        logs.register_secret(settings.api_key.get_secret_value())
+    for secret in (
+        settings.api_key,
+        settings.kafka_sasl_password,
+        settings.kafka_ssl_key_password,
+        settings.kafka_oauth_client_secret,
+        settings.database_password,
+    ):
+        if secret is not None:
+            logs.register_secret(secret.get_secret_value())
 
 
 def main(*, dry_run: bool | None = None) -> int:
@@ -66,8 +75,13 @@ def main(*, dry_run: bool | None = None) -> int:
     settings.require_api_key()
     settings.require_database_url()
     mapping = mapping_for(settings.topics, settings.mapping_file)
+    # TLS files and keys load here, so a bad one stops start-up (exit 2) instead of retrying.
+    kafka = KafkaClients(settings)
+    api_tls = tls.client_context(
+        ca_file=settings.api_ca_file, ca_variable="PIVOTAL_SYNC_API_CA_FILE", replace_roots=False
+    )
     _configure(settings)
-    return _run_loop(Daemon(settings, mapping).run())
+    return _run_loop(Daemon(settings, kafka, api_tls, mapping).run())
 
 
 def migrate_main() -> int:
@@ -95,8 +109,17 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
 class Daemon:
     """One `pivotal-sync run` process."""
 
-    def __init__(self, settings: Settings, mapping: MappingFile | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        kafka: KafkaClients | None = None,
+        api_tls: ssl.SSLContext | None = None,
+        mapping: MappingFile | None = None,
+    ) -> None:
         self.settings = settings
+        # main() builds both before anything starts, so bad TLS files stop start-up (exit 2).
+        self.kafka = kafka or KafkaClients(settings)
+        self.api_tls = api_tls
         # How each topic's records become events (daemon/formats/); main() reads the file
         # before anything starts, so a bad one stops start-up with exit 2.
         self.mapping = mapping or mapping_for(settings.topics, settings.mapping_file)
@@ -107,6 +130,8 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.dead_letter_topic: DeadLetterTopic | None = None
         self.database_ok = False
+        # Why Postgres cannot be reached, naming the setting to fix.
+        self.database_problem = "not connected yet"
         self.starting = True
 
     # -- readiness -------------------------------------------------------------------------
@@ -115,9 +140,10 @@ class Daemon:
         if self.starting:
             reasons.append("starting")
         if not self.database_ok:
-            reasons.append("postgres unreachable")
+            reasons.append(f"postgres unreachable: {self.database_problem}")
         if self.source is None or not self.source.connected:
-            reasons.append("kafka not connected")
+            problem = self.source.problem if self.source is not None else ""
+            reasons.append(f"kafka not connected: {problem}" if problem else "kafka not connected")
         if self.dispatcher is not None and self.dispatcher.auth_paused:
             reasons.append("paused: Pivotal refused the API key (401)")
         if self.dispatcher is not None and self.dispatcher.internal_errors_paused:
@@ -168,17 +194,12 @@ class Daemon:
         dsn = self.settings.require_database_url()
 
         def report(exc: BaseException, attempt: int, delay: float) -> None:
-            log.warning(
-                "postgres_unreachable",
-                error=type(exc).__name__,
-                attempt=attempt,
-                retry_in_seconds=round(delay, 2),
-            )
+            self._database_failed(exc, attempt=attempt, retry_in_seconds=round(delay, 2))
 
         try:
             store = await retry(
                 lambda: CheckpointStore.connect(dsn, metrics=self.metrics),
-                retry_on=(TimeoutError, OSError, asyncpg.PostgresError),
+                retry_on=(TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
                 backoff=Backoff(CONNECT_RETRY_BASE_SECONDS, CONNECT_RETRY_CAP_SECONDS),
                 stop=self.stop,
                 on_retry=report,
@@ -186,7 +207,16 @@ class Daemon:
         except Stopped:
             return None
         self.database_ok = True
+        self.database_problem = ""
         return store
+
+    def _database_failed(self, exc: BaseException, **context: object) -> None:
+        """Record why Postgres is unreachable; log it once per distinct reason (no flood)."""
+        problem = postgres_access.explain(exc)
+        if problem != self.database_problem or self.database_ok:
+            log.warning("postgres_unreachable", reason=problem, error=type(exc).__name__, **context)
+        self.database_problem = problem
+        self.database_ok = False
 
     async def _pipeline(self, store: CheckpointStore) -> int:
         s = self.settings
@@ -205,6 +235,7 @@ class Daemon:
             client = PivotalClient(
                 base_url=s.api_url,
                 api_key=s.require_api_key(),
+                verify=self.api_tls,
                 timeout_seconds=s.request_timeout_seconds,
                 max_connections=s.max_in_flight,
             )
@@ -219,9 +250,7 @@ class Daemon:
         scheduler = Scheduler()
         entities = EntityCache()
         dlq = (
-            DeadLetterTopic(
-                bootstrap_servers=s.kafka_bootstrap_servers, topic=s.kafka_dead_letter_topic
-            )
+            DeadLetterTopic(kafka=self.kafka, topic=s.kafka_dead_letter_topic)
             if s.kafka_dead_letter_topic and not s.dry_run
             else None
         )
@@ -265,6 +294,7 @@ class Daemon:
         rebalance = _Rebalance(dispatcher, recorder, scheduler, intake, s.drain_timeout_seconds)
         source = Source(
             settings=s,
+            kafka=self.kafka,
             progress=progress,
             metrics=metrics,
             intake=intake,
@@ -356,9 +386,7 @@ class Daemon:
                     log.info("postgres_reachable")
                 self.database_ok = True
             except Exception as exc:
-                if self.database_ok:
-                    log.warning("postgres_unreachable", error=type(exc).__name__)
-                self.database_ok = False
+                self._database_failed(exc)
             await asyncio.sleep(DB_CHECK_INTERVAL_SECONDS)
 
 

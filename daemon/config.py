@@ -1,8 +1,10 @@
 """Settings: parsed once from the environment into a frozen object.
 
 The variable names are a public contract (the Helm chart, the docs and external tooling use them).
-A bad value stops start-up with a `ConfigError` naming the variable; the API key is a `SecretStr`,
-so it never shows in a `repr`, a log line or an error message.
+A bad value stops start-up with a `ConfigError` naming the variable; the API key and every other
+secret are `SecretStr`, so they never show in a `repr`, a log line or an error message. Each
+secret can also be given as a file (`<NAME>_FILE`, a mounted Kubernetes Secret): the variable
+wins when both are set.
 """
 
 from __future__ import annotations
@@ -28,6 +30,45 @@ class LogFormat(StrEnum):
     AUTO = "auto"  # JSON when stderr is not a terminal, readable console otherwise
     JSON = "json"
     CONSOLE = "console"
+
+
+class KafkaSecurityProtocol(StrEnum):
+    """Kafka's `security.protocol`."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class KafkaSaslMechanism(StrEnum):
+    """Kafka's `sasl.mechanism`, plus AWS_MSK_IAM (OAUTHBEARER with an AWS-signed token)."""
+
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    OAUTHBEARER = "OAUTHBEARER"
+    AWS_MSK_IAM = "AWS_MSK_IAM"
+
+
+class DatabaseSslMode(StrEnum):
+    """libpq's `sslmode` values."""
+
+    DISABLE = "disable"
+    ALLOW = "allow"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+
+# Secret settings that may instead be read from a file named by `<VARIABLE>_FILE`.
+SECRET_FIELDS = (
+    "kafka_sasl_password",
+    "kafka_ssl_key_password",
+    "kafka_oauth_client_secret",
+    "database_password",
+)
 
 
 class SlugConflictPolicy(StrEnum):
@@ -68,7 +109,39 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     # Optional topic that receives a copy of every dead-lettered record (Postgres always does).
     kafka_dead_letter_topic: str | None = None
+    # How every Kafka client (daemon and tools) connects: Kafka's security.protocol and
+    # sasl.mechanism, the SASL login, and TLS files (CA; client certificate and key for mTLS).
+    kafka_security_protocol: KafkaSecurityProtocol = KafkaSecurityProtocol.PLAINTEXT
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
+    # The CA bundle that signed the brokers' certificates (default: the system's roots).
+    kafka_ssl_ca_file: Path | None = None
+    kafka_ssl_cert_file: Path | None = None
+    kafka_ssl_key_file: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_key_password_file: Path | None = None
+    # Check that the broker certificate names the host connected to (verification stays on).
+    kafka_ssl_check_hostname: bool = True
+    # SASL/OAUTHBEARER: an OIDC client-credentials grant at this token endpoint.
+    kafka_oauth_token_url: str | None = None
+    kafka_oauth_client_id: str | None = None
+    kafka_oauth_client_secret: SecretStr | None = None
+    kafka_oauth_client_secret_file: Path | None = None
+    kafka_oauth_scope: str | None = None
     database_url: str | None = None
+    # TLS to Postgres; each overrides the same libpq parameter in the URL when set.
+    database_sslmode: DatabaseSslMode | None = None
+    database_sslrootcert: Path | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
+    # The password, when it should not be part of the URL (a mounted Secret).
+    database_password: SecretStr | None = None
+    database_password_file: Path | None = None
+    # Extra CA bundle trusted for the Pivotal API, on top of the public roots (an egress proxy
+    # that re-signs TLS). HTTPS_PROXY / NO_PROXY are honoured as usual.
+    api_ca_file: Path | None = None
     http_port: int = Field(default=9000, ge=0, le=65535)
     # The limiter's first guess; it learns the real limit from Pivotal's headers.
     rate_limit_per_minute: float = Field(default=60.0, gt=0)
@@ -140,6 +213,18 @@ class Settings(BaseSettings):
             raise ValueError("must be a libpq URL: postgresql://user@host:5432/db")
         return value
 
+    @field_validator("kafka_oauth_token_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http://)")
+        return value
+
+    def check_connections(self) -> None:
+        """Raise ConfigError for connection settings that cannot work, whatever the servers say."""
+        _check_kafka_security(self)
+        _check_files(self)
+
     def require_api_key(self) -> SecretStr:
         """The key, or a ConfigError naming both ways to give it."""
         if self.api_key is not None and self.api_key.get_secret_value():
@@ -149,9 +234,87 @@ class Settings(BaseSettings):
         )
 
     def require_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        raise ConfigError(f"{ENV_PREFIX}DATABASE_URL", "not set")
+        """The libpq URL with the DATABASE_SSL* and DATABASE_PASSWORD settings merged in."""
+        if not self.database_url:
+            raise ConfigError(f"{ENV_PREFIX}DATABASE_URL", "not set")
+        from daemon.postgres_access import with_tls_options  # noqa: PLC0415 - loads asyncpg
+
+        def text(path: Path | None) -> str | None:
+            return None if path is None else str(path)
+
+        return with_tls_options(
+            self.database_url,
+            sslmode=self.database_sslmode.value if self.database_sslmode else None,
+            sslrootcert=text(self.database_sslrootcert),
+            sslcert=text(self.database_sslcert),
+            sslkey=text(self.database_sslkey),
+            password=self.database_password,
+        )
+
+
+def _check_kafka_security(s: Settings) -> None:
+    v = f"{ENV_PREFIX}KAFKA_"
+    sasl = s.kafka_security_protocol in (
+        KafkaSecurityProtocol.SASL_PLAINTEXT,
+        KafkaSecurityProtocol.SASL_SSL,
+    )
+    tls = s.kafka_security_protocol in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL)
+    mechanism = s.kafka_sasl_mechanism
+    if sasl and mechanism is None:
+        raise ConfigError(f"{v}SASL_MECHANISM", "not set (SASL_* protocols need a mechanism)")
+    if not sasl and mechanism is not None:
+        raise ConfigError(
+            f"{v}SECURITY_PROTOCOL", f"must be SASL_SSL or SASL_PLAINTEXT to use {mechanism}"
+        )
+    if not tls and (s.kafka_ssl_ca_file or s.kafka_ssl_cert_file or s.kafka_ssl_key_file):
+        raise ConfigError(
+            f"{v}SECURITY_PROTOCOL", "must be SSL or SASL_SSL when TLS files are given"
+        )
+    if mechanism in (
+        KafkaSaslMechanism.PLAIN,
+        KafkaSaslMechanism.SCRAM_SHA_256,
+        KafkaSaslMechanism.SCRAM_SHA_512,
+    ):
+        if not s.kafka_sasl_username:
+            raise ConfigError(f"{v}SASL_USERNAME", f"not set ({mechanism} needs it)")
+        if s.kafka_sasl_password is None:
+            raise ConfigError(f"{v}SASL_PASSWORD", f"not set ({mechanism} needs it)")
+    if mechanism is KafkaSaslMechanism.OAUTHBEARER:
+        for name in ("token_url", "client_id", "client_secret"):
+            if not getattr(s, f"kafka_oauth_{name}"):
+                raise ConfigError(f"{v}OAUTH_{name.upper()}", "not set (OAUTHBEARER needs it)")
+    if bool(s.kafka_ssl_cert_file) != bool(s.kafka_ssl_key_file):
+        raise ConfigError(
+            f"{v}SSL_KEY_FILE" if s.kafka_ssl_cert_file else f"{v}SSL_CERT_FILE",
+            "a client certificate needs both SSL_CERT_FILE and SSL_KEY_FILE",
+        )
+
+
+def _check_files(s: Settings) -> None:
+    for field in (
+        "kafka_ssl_ca_file",
+        "kafka_ssl_cert_file",
+        "kafka_ssl_key_file",
+        "database_sslrootcert",
+        "database_sslcert",
+        "database_sslkey",
+        "api_ca_file",
+    ):
+        path: Path | None = getattr(s, field)
+        if path is not None and not path.is_file():
+            raise ConfigError(_variable_for(field), f"no such file: {path}")
+
+
+def _read_secret_files(env: Mapping[str, str], data: dict[str, Any]) -> None:
+    """Fill each unset secret from its `_FILE` variable (a mounted Secret), trailing newline cut."""
+    for field in SECRET_FIELDS:
+        variable = _variable_for(field)
+        path = env.get(f"{variable}_FILE")
+        if path and not env.get(variable):
+            try:
+                data[variable] = Path(path).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{variable}_FILE", f"cannot read: {exc.strerror}") from None
 
 
 def _variable_for(field: str) -> str:
@@ -179,15 +342,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             data[API_KEY_VARIABLE] = Path(key_file).read_text().strip()
         except OSError as exc:
             raise ConfigError(API_KEY_FILE_VARIABLE, f"cannot read: {exc.strerror}") from None
+    _read_secret_files(env, data)
     try:
         # Only what we pass is read: pydantic-settings would otherwise consult os.environ too.
-        return Settings.model_validate(
+        settings = Settings.model_validate(
             {_field_for(name): value for name, value in data.items() if _field_for(name)}
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         raise ConfigError(_variable_for(field), first["msg"]) from None
+    settings.check_connections()
+    return settings
 
 
 def known_variables() -> set[str]:

@@ -14,10 +14,10 @@ import contextlib
 from collections.abc import Sequence
 
 import structlog
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from daemon.backoff import Backoff, Stopped, retry
+from daemon.kafka_clients import KafkaClients
 from daemon.outcomes import Finished
 
 SEND_RETRY_BASE_SECONDS = 0.5
@@ -27,12 +27,10 @@ log = structlog.get_logger("pivotal_sync.dead_letter_topic")
 
 
 class DeadLetterTopic:
-    def __init__(self, *, bootstrap_servers: str, topic: str) -> None:
+    def __init__(self, *, kafka: KafkaClients, topic: str) -> None:
         self._topic = topic
         self._backoff = Backoff(SEND_RETRY_BASE_SECONDS, SEND_RETRY_CAP_SECONDS)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers, acks="all", client_id="pivotal-sync-dlq"
-        )
+        self._producer = kafka.producer(acks="all", client_id="pivotal-sync-dlq")
         self._queue: asyncio.Queue[Finished] = asyncio.Queue()
 
     def forward(self, finished: Sequence[Finished]) -> None:

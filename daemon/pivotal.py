@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class PivotalClient:
         timeout_seconds: float = 10.0,
         max_connections: int = MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         max_connections = max(1, max_connections)
         shards = 1 if transport is not None else math.ceil(max_connections / SHARD_CONNECTIONS)
@@ -133,6 +135,10 @@ class PivotalClient:
                 timeout=httpx.Timeout(timeout_seconds),
                 limits=limits,
                 transport=transport,
+                # Always verified: the default roots, or these plus PIVOTAL_SYNC_API_CA_FILE.
+                # trust_env (httpx's default) honours HTTPS_PROXY, NO_PROXY and SSL_CERT_FILE.
+                verify=verify if verify is not None else True,
+                trust_env=True,
             )
             for _ in range(shards)
         ]

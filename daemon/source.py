@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 from daemon.backoff import Backoff, Stopped, retry
 from daemon.config import Settings
 from daemon.events import RecordRef
+from daemon.kafka_clients import KafkaClients
 from daemon.metrics import Metrics
 from daemon.progress import Progress
 
@@ -78,6 +79,7 @@ class Source:
         self,
         *,
         settings: Settings,
+        kafka: KafkaClients | None = None,
         progress: Progress,
         metrics: Metrics,
         intake: Admission,
@@ -86,6 +88,8 @@ class Source:
         drain_estimate: DrainEstimate | None,
     ) -> None:
         self._settings = settings
+        # How to reach the cluster (TLS, SASL); built from the settings unless given.
+        self._kafka = kafka or KafkaClients(settings)
         # One group over every topic: offsets, progress and lag are all per (topic, partition).
         self._topics = list(settings.topics)
         self._progress = progress
@@ -102,6 +106,9 @@ class Source:
         self._committed: dict[tuple[str, int], int] = {}
         self._backoff = Backoff(CONNECT_RETRY_BASE_SECONDS, CONNECT_RETRY_CAP_SECONDS)
         self.connected = False
+        # Why Kafka cannot be reached, naming the setting to fix ("" while connected).
+        self.problem = ""
+        self._logged_problem = ""
         self.assigned: Partitions = set()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -109,12 +116,7 @@ class Source:
         """Join the group, retrying with backoff while Kafka is unreachable. False if stopped."""
 
         def report(exc: BaseException, attempt: int, delay: float) -> None:
-            log.warning(
-                "kafka_unreachable",
-                error=type(exc).__name__,
-                attempt=attempt,
-                retry_in_seconds=round(delay, 2),
-            )
+            self._log_problem(exc, attempt=attempt, retry_in_seconds=round(delay, 2))
 
         try:
             consumer = await retry(
@@ -129,13 +131,13 @@ class Source:
         consumer.subscribe(self._topics, listener=_Listener(self))
         self._consumer = consumer
         self.connected = True
+        self.problem = self._logged_problem = ""
         log.info("kafka_connected", topics=self._topics, group_id=self._settings.kafka_group_id)
         return True
 
     async def _connect(self) -> AIOKafkaConsumer:
         s = self._settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+        consumer = self._kafka.consumer(
             group_id=s.kafka_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -148,10 +150,24 @@ class Source:
         )
         try:
             await consumer.start()
-        except BaseException:
+        except BaseException as exc:
             await consumer.stop()
+            if isinstance(exc, KafkaError):
+                await self._explain(exc)
             raise
         return consumer
+
+    async def _explain(self, exc: BaseException) -> None:
+        """Find out why Kafka refuses us (aiokafka only says "Unable to bootstrap")."""
+        self.problem = await self._kafka.diagnose() or f"unreachable ({type(exc).__name__})"
+
+    def _log_problem(self, exc: BaseException, **context: object) -> None:
+        # One line per distinct reason: a retry every few seconds must not flood the log.
+        if self.problem != self._logged_problem:
+            log.warning(
+                "kafka_unreachable", reason=self.problem, error=type(exc).__name__, **context
+            )
+            self._logged_problem = self.problem
 
     async def close(self) -> None:
         if self._consumer is None:
@@ -272,13 +288,14 @@ class Source:
         try:
             await asyncio.wait_for(self._consumer.topics(), BROKER_CHECK_TIMEOUT_SECONDS)
         except (KafkaError, TimeoutError) as exc:
-            if self.connected:
-                log.warning("kafka_unreachable", error=type(exc).__name__)
             self.connected = False
+            await self._explain(exc)
+            self._log_problem(exc)
             return
         if not self.connected:
             log.info("kafka_reachable")
         self.connected = True
+        self.problem = self._logged_problem = ""
 
     async def update_lag(self) -> dict[tuple[str, int], int]:
         """Lag per assigned partition: high watermark − committed position.

@@ -19,6 +19,7 @@ from typing import IO
 
 import httpx
 
+from daemon.kafka_clients import KafkaClients
 from daemon.tools import status
 from devtools.local_services import Broker, free_port
 
@@ -157,4 +158,5 @@ async def committed_offsets(
     bootstrap_servers: str, group_id: str, topic: str, partitions: int
 ) -> dict[int, int]:
     """What the group committed, per partition (-1: nothing yet)."""
-    return await status.committed_offsets(bootstrap_servers, group_id, topic, range(partitions))
+    kafka = KafkaClients.plaintext(bootstrap_servers)
+    return await status.committed_offsets(kafka, group_id, topic, range(partitions))

@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon.errors import InvalidEventError
 from daemon.events import Action, EntityKind, RecordRef, parse_record
+from daemon.kafka_clients import KafkaClients
 from daemon.tools.importing import Outgoing, produce
 
 STATUSES = ("onboarding", "active", "at_risk")
@@ -287,11 +288,18 @@ def expected_state(messages: Iterable[Message], topic: str = "t") -> ExpectedSta
 
 
 async def publish(
-    bootstrap_servers: str, topic: str, messages: Sequence[Message]
+    bootstrap_servers: str | KafkaClients, topic: str, messages: Sequence[Message]
 ) -> dict[int, int]:
-    """Publish in order, as `pivotal-sync import` does; the end offset written per partition."""
+    """Publish in order, as `pivotal-sync import` does; the end offset written per partition.
+
+    `bootstrap_servers`: a plaintext broker's address, or the clients of a secured cluster."""
+    kafka = (
+        bootstrap_servers
+        if isinstance(bootstrap_servers, KafkaClients)
+        else KafkaClients.plaintext(bootstrap_servers)
+    )
     records = [Outgoing(key=m.key, value=m.value) for m in messages]
-    return (await produce(bootstrap_servers, topic, records)).end_offsets
+    return (await produce(kafka, topic, records)).end_offsets
 
 
 def compare(expected: ExpectedState, records: Mapping[str, list[dict[str, Any]]]) -> list[str]:

@@ -134,9 +134,33 @@ def run_command(coroutine: Coroutine[Any, Any, int], *, migrate: Settings | None
     except asyncpg.UndefinedTableError:
         error("the daemon's tables do not exist yet: run `pivotal-sync migrate` first")
         return EXIT_PROBLEMS
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
-        error(f"{type(exc).__name__}: {exc}")
+    except KafkaError as exc:
+        error(f"kafka: {_kafka_reason() or f'{type(exc).__name__}: {exc}'}")
         return EXIT_PROBLEMS
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        error(f"{type(exc).__name__}: {exc}{_postgres_reason(exc)}")
+        return EXIT_PROBLEMS
+
+
+def _postgres_reason(exc: BaseException) -> str:
+    import ssl  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    from daemon.postgres_access import explain  # noqa: PLC0415
+
+    database = (asyncpg.PostgresError, asyncpg.InterfaceError, ssl.SSLError, ConnectionError)
+    return f" ({explain(exc)})" if isinstance(exc, database) else ""
+
+
+def _kafka_reason() -> str:
+    """What the Kafka settings get wrong, found by one connection (aiokafka does not say)."""
+    import asyncio  # noqa: PLC0415
+
+    from daemon.kafka_clients import KafkaClients  # noqa: PLC0415
+
+    reason: str = asyncio.run(KafkaClients(settings()).diagnose())
+    return reason
 
 
 async def ensure_tables(config: Settings) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 from daemon.checkpoints import MAX_REDRIVES, CheckpointStore, DeadLetterRow, EventOutcome
 from daemon.config import Settings
+from daemon.kafka_clients import KafkaClients
 from daemon.tools.common import (
     EXIT_OK,
     EXIT_PROBLEMS,
@@ -182,13 +183,14 @@ async def retry(
     if result.sent:
         await store.forget_events([row.event_id for row in result.sent])
         # Each record goes back to the topic it came from: that topic's format reads it.
+        kafka = KafkaClients(settings)
         by_topic: dict[str, list[Outgoing]] = {}
         for row in result.sent:
             by_topic.setdefault(row.record.topic, []).append(
                 redrive_record(row, row.retry_count + 1)
             )
         for topic, records in by_topic.items():
-            await produce(settings.kafka_bootstrap_servers, topic, records, progress)
+            await produce(kafka, topic, records, progress)
     return result
 
 

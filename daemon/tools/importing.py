@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.checkpoints import CheckpointStore, EventOutcome
 from daemon.config import Settings
@@ -59,6 +59,9 @@ from daemon.tools.common import (
     settings,
 )
 from daemon.tools.status import daemon_requests
+
+if TYPE_CHECKING:
+    from daemon.kafka_clients import KafkaClients
 
 EVENT_SOURCE = "pivotal-sync/import"
 ID_PREFIX = "import:"
@@ -534,7 +537,7 @@ class Produced:
 
 
 async def produce(
-    bootstrap_servers: str,
+    kafka: KafkaClients,
     topic: str,
     records: Sequence[Outgoing],
     progress: Progress | None = None,
@@ -546,9 +549,7 @@ async def produce(
 
     `max_rate` (records per second) spreads a big import out, for a topic other consumers
     share; the daemon paces Pivotal by itself either way."""
-    from aiokafka import AIOKafkaProducer  # noqa: PLC0415 - keeps the pure parts import-light
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+    producer = kafka.producer(acks="all", linger_ms=5)
     await producer.start()
     done, ends = 0, dict[int, int]()
     try:
@@ -697,8 +698,10 @@ async def run_import(
         todo = [records[i] for i in ids if i not in finished]
         before = await daemon_requests(options.metrics_url)
         if not options.dry_run and todo:
+            from daemon.kafka_clients import KafkaClients  # noqa: PLC0415 - loads aiokafka
+
             produced = await produce(
-                settings.kafka_bootstrap_servers,
+                KafkaClients(settings),
                 settings.kafka_topic,
                 todo,
                 on_publish,

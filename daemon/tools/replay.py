@@ -25,6 +25,7 @@ from daemon.config import Settings
 from daemon.errors import InvalidEventError
 from daemon.events import Event, RecordRef
 from daemon.formats.mapping import MappingFile, mapping_for
+from daemon.kafka_clients import KafkaClients
 from daemon.tools.common import (
     EXIT_OK,
     EXIT_PROBLEMS,
@@ -127,13 +128,12 @@ def replay_record(record: RecordRef) -> Outgoing:
 
 
 async def read_slice(
-    bootstrap_servers: str, topic: str, piece: Slice, report: ReplayReport
+    kafka: KafkaClients, topic: str, piece: Slice, report: ReplayReport
 ) -> list[RecordRef]:
     """The records of `topic` in the slice, read with a consumer that joins no group."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+    from aiokafka import TopicPartition  # noqa: PLC0415
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+    consumer = kafka.consumer(
         enable_auto_commit=False,
         isolation_level="read_committed",
         client_id="pivotal-sync-replay",
@@ -255,10 +255,11 @@ async def replay(
     topic: str | None = None,
 ) -> ReplayReport:
     report = ReplayReport(dry_run=dry_run)
+    kafka = KafkaClients(settings)
     mapping = mapping_for(settings.topics, settings.mapping_file)
     records: list[RecordRef] = []
     for name in [topic] if topic is not None else settings.topics:
-        records += await read_slice(settings.kafka_bootstrap_servers, name, piece, report)
+        records += await read_slice(kafka, name, piece, report)
     records = [r for r in records if _matches(r, piece.entity, mapping)]
     report.matched = len(records)
     async with await open_store(settings) as store:
@@ -282,7 +283,7 @@ async def replay(
         # Each record goes back to the topic it came from: that topic's format reads it.
         for name in dict.fromkeys(r.topic for r, _ in chosen):
             produced = await produce(
-                settings.kafka_bootstrap_servers,
+                kafka,
                 name,
                 [replay_record(r) for r, _ in chosen if r.topic == name],
                 progress,

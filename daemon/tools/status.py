@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 
 from daemon.checkpoints import StoreSummary
 from daemon.config import Settings
+from daemon.kafka_clients import KafkaClients
 from daemon.tools.common import (
     EXIT_OK,
     open_store,
@@ -63,17 +64,16 @@ class PartitionLag:
     lag: int | None
 
 
-async def partition_lag(bootstrap_servers: str, topic: str, group_id: str) -> list[PartitionLag]:
+async def partition_lag(kafka: KafkaClients, topic: str, group_id: str) -> list[PartitionLag]:
     """Committed offset of the group vs the high watermark, per partition of `topic`.
 
     The high watermark comes from a fetch response (`highwater()`), which every broker gets
     right; `end_offsets()` is only the fallback (tansu answers it wrongly after multi-record
     batches). The consumer has no group and commits nothing: it cannot disturb the daemon.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+    from aiokafka import TopicPartition  # noqa: PLC0415
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+    consumer = kafka.consumer(
         enable_auto_commit=False,
         isolation_level="read_committed",
         max_partition_fetch_bytes=1024,
@@ -86,7 +86,7 @@ async def partition_lag(bootstrap_servers: str, topic: str, group_id: str) -> li
         partitions = [TopicPartition(topic, p) for p in numbers]
         if not partitions:
             return []
-        committed = await committed_offsets(bootstrap_servers, group_id, topic, numbers)
+        committed = await committed_offsets(kafka, group_id, topic, numbers)
         consumer.assign(partitions)
         beginning = await consumer.beginning_offsets(partitions)
         for tp in partitions:
@@ -126,13 +126,12 @@ async def _high_watermarks(consumer: Any, partitions: list[Any]) -> dict[int, in
 
 
 async def committed_offsets(
-    bootstrap_servers: str, group_id: str, topic: str, partitions: Sequence[int]
+    kafka: KafkaClients, group_id: str, topic: str, partitions: Sequence[int]
 ) -> dict[int, int]:
     """What the group committed per partition (-1: nothing yet)."""
     from aiokafka import TopicPartition  # noqa: PLC0415
-    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = kafka.admin()
     await admin.start()
     try:
         # Partitions spelled out: some brokers (tansu) answer nothing without them.
@@ -260,7 +259,8 @@ async def collect(settings: Settings, metrics_url: str | None) -> StatusReport:
     """Gather the whole status; Kafka and the metrics endpoint may be down, Postgres may not."""
     url = metrics_url or default_metrics_url(settings)
     report = StatusReport(topic=", ".join(settings.topics), group=settings.kafka_group_id)
-    lag = asyncio.create_task(_lags(settings))
+    kafka = KafkaClients(settings)
+    lag = asyncio.create_task(_lags(kafka, settings))
     samples = await scrape(url)
     if samples is not None:
         report.quota, report.metrics_url = quota_from(samples), metrics_endpoint(url)
@@ -273,16 +273,15 @@ async def collect(settings: Settings, metrics_url: str | None) -> StatusReport:
         report.partitions = await asyncio.wait_for(lag, 30)
     # Kafka down is a status to show, not a crash.
     except (KafkaError, OSError, TimeoutError) as exc:
-        report.kafka_error = f"{type(exc).__name__}: {exc}"[:200]
+        # aiokafka only says "Unable to bootstrap"; the diagnosis names the setting to fix.
+        report.kafka_error = await kafka.diagnose() or f"{type(exc).__name__}: {exc}"[:200]
     return report
 
 
-async def _lags(settings: Settings) -> list[PartitionLag]:
+async def _lags(kafka: KafkaClients, settings: Settings) -> list[PartitionLag]:
     found: list[PartitionLag] = []
     for topic in settings.topics:
-        found += await partition_lag(
-            settings.kafka_bootstrap_servers, topic, settings.kafka_group_id
-        )
+        found += await partition_lag(kafka, topic, settings.kafka_group_id)
     return found
 
 

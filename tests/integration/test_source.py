@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from daemon.config import load_settings
 from daemon.events import RecordRef
+from daemon.kafka_clients import KafkaClients
 from daemon.metrics import Metrics
 from daemon.progress import Progress
 from daemon.source import Partitions, Source
@@ -138,7 +139,8 @@ def source_environ(broker: Broker, topic: str, group: str) -> dict[str, str]:
 
 
 async def committed(broker: Broker, member: Member, partitions: Sequence[int]) -> dict[int, int]:
-    return await committed_offsets(broker.bootstrap_servers, member.group, member.topic, partitions)
+    kafka = KafkaClients.plaintext(broker.bootstrap_servers)
+    return await committed_offsets(kafka, member.group, member.topic, partitions)
 
 
 async def test_a_lone_member_is_assigned_every_partition_and_reads_each_in_offset_order(
