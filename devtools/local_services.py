@@ -115,15 +115,24 @@ class Broker:
             broker.stop()
 
     @classmethod
-    def launch(cls, *, bootstrap_servers: str | None = None, log_dir: Path | None = None) -> Self:
-        """Start tansu, logging to `log_dir` (default: a temp dir), unless `bootstrap_servers`."""
+    def launch(
+        cls,
+        *,
+        bootstrap_servers: str | None = None,
+        log_dir: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> Self:
+        """Start tansu, logging to `log_dir` (default: a temp dir), unless `bootstrap_servers`.
+
+        `advertised_port`: the loopback port tansu tells clients to use instead of its own (a
+        proxy in front of it, such as the tests' TLS/SASL front)."""
         if bootstrap_servers:
             return cls(bootstrap_servers)
         if log_dir is not None:
-            return cls._launch_logging_to(log_dir / "tansu.log")
+            return cls._launch_logging_to(log_dir / "tansu.log", advertised_port)
         temp_dir = Path(tempfile.mkdtemp(prefix="pivotal-sync-broker-"))
         try:
-            broker = cls._launch_logging_to(temp_dir / "tansu.log")
+            broker = cls._launch_logging_to(temp_dir / "tansu.log", advertised_port)
         except BaseException:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
@@ -131,9 +140,9 @@ class Broker:
         return broker
 
     @classmethod
-    def _launch_logging_to(cls, log_path: Path) -> Self:
+    def _launch_logging_to(cls, log_path: Path, advertised_port: int | None = None) -> Self:
         for attempt in range(1, BROKER_START_ATTEMPTS + 1):
-            broker = cls._spawn(free_port(), log_path)
+            broker = cls._spawn(free_port(), log_path, advertised_port)
             try:
                 broker._wait_ready()
             except StandinError:
@@ -146,10 +155,10 @@ class Broker:
         raise AssertionError("unreachable")
 
     @classmethod
-    def _spawn(cls, port: int, log_path: Path) -> Self:
+    def _spawn(cls, port: int, log_path: Path, advertised_port: int | None = None) -> Self:
         url = f"tcp://{LOOPBACK}:{port}"
         command = [_tansu_binary(), "broker", "--listener-url", url]
-        command += ["--advertised-listener-url", url]
+        command += ["--advertised-listener-url", f"tcp://{LOOPBACK}:{advertised_port or port}"]
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT

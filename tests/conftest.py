@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.postgres",
     "tests.fixtures.sandbox",
+    "tests.fixtures.secure_kafka",
 ]
