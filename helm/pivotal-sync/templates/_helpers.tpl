@@ -177,6 +177,28 @@ same; this also covers --skip-schema-validation).
 {{- if not (or .Values.database.url .Values.database.existingSecret) }}
 {{- fail "database: set database.url or database.existingSecret (the Postgres URL is required)" }}
 {{- end }}
+{{- $s := .Values.kafka.security }}
+{{- if and (has $s.protocol (list "SASL_PLAINTEXT" "SASL_SSL")) (not $s.mechanism) }}
+{{- fail "kafka.security.mechanism: SASL protocols need a mechanism" }}
+{{- end }}
+{{- if and $s.mechanism (not (has $s.protocol (list "SASL_PLAINTEXT" "SASL_SSL"))) }}
+{{- fail "kafka.security.protocol: must be SASL_SSL or SASL_PLAINTEXT to use a SASL mechanism" }}
+{{- end }}
+{{- if and (has $s.mechanism (list "PLAIN" "SCRAM-SHA-256" "SCRAM-SHA-512")) (not $s.sasl.existingSecret) }}
+{{- fail "kafka.security.sasl.existingSecret: PLAIN and SCRAM need the Secret with the username and password" }}
+{{- end }}
+{{- if and (eq $s.mechanism "OAUTHBEARER") (not (and $s.oauth.tokenUrl $s.oauth.existingSecret)) }}
+{{- fail "kafka.security.oauth: OAUTHBEARER needs tokenUrl and existingSecret (client id and secret)" }}
+{{- end }}
+{{- if and (or $s.tls.existingSecret $s.tls.caSecret) (not (has $s.protocol (list "SSL" "SASL_SSL"))) }}
+{{- fail "kafka.security.protocol: must be SSL or SASL_SSL when kafka.security.tls Secrets are set" }}
+{{- end }}
+{{- if and $s.tls.certKey (not $s.tls.existingSecret) }}
+{{- fail "kafka.security.tls.existingSecret: the Secret with the client certificate and key is needed for certKey" }}
+{{- end }}
+{{- if ne (empty $s.tls.certKey) (empty $s.tls.keyKey) }}
+{{- fail "kafka.security.tls: a client certificate needs both certKey and keyKey" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -221,6 +243,10 @@ securityContext.pod.
 {{- define "pivotal-sync.podSecurityContext" -}}
 {{- $context := dict "runAsNonRoot" true "seccompProfile" (dict "type" "RuntimeDefault") }}
 {{- include "pivotal-sync.ids" (list . $context) }}
+{{- /* Mounted Secrets (TLS keys, mode 0440) belong to this group, so the daemon can read them. */}}
+{{- if hasKey $context "runAsGroup" }}
+{{- $_ := set $context "fsGroup" $context.runAsGroup }}
+{{- end }}
 {{- toYaml (mergeOverwrite $context (deepCopy (.Values.securityContext.pod | default dict))) }}
 {{- end }}
 
@@ -259,9 +285,190 @@ empty when there is no mapping.
 {{- end }}
 
 {{/*
+Kafka security as PIVOTAL_SYNC_KAFKA_* variables: plain values for the protocol, mechanism and
+file paths; secretKeyRef for every credential, so none is ever in the pod spec.
+*/}}
+{{- define "pivotal-sync.kafkaSecurityEnv" -}}
+{{- $s := .Values.kafka.security }}
+{{- if ne $s.protocol "PLAINTEXT" }}
+- name: PIVOTAL_SYNC_KAFKA_SECURITY_PROTOCOL
+  value: {{ $s.protocol | quote }}
+{{- end }}
+{{- with $s.mechanism }}
+- name: PIVOTAL_SYNC_KAFKA_SASL_MECHANISM
+  value: {{ . | quote }}
+{{- end }}
+{{- if has $s.mechanism (list "PLAIN" "SCRAM-SHA-256" "SCRAM-SHA-512") }}
+- name: PIVOTAL_SYNC_KAFKA_SASL_USERNAME
+{{- if $s.sasl.username }}
+  value: {{ $s.sasl.username | quote }}
+{{- else }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.sasl.existingSecret }}
+      key: {{ $s.sasl.usernameKey }}
+{{- end }}
+- name: PIVOTAL_SYNC_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.sasl.existingSecret }}
+      key: {{ $s.sasl.passwordKey }}
+{{- end }}
+{{- if eq $s.mechanism "OAUTHBEARER" }}
+- name: PIVOTAL_SYNC_KAFKA_OAUTH_TOKEN_URL
+  value: {{ $s.oauth.tokenUrl | quote }}
+{{- with $s.oauth.scope }}
+- name: PIVOTAL_SYNC_KAFKA_OAUTH_SCOPE
+  value: {{ . | quote }}
+{{- end }}
+- name: PIVOTAL_SYNC_KAFKA_OAUTH_CLIENT_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.oauth.existingSecret }}
+      key: {{ $s.oauth.clientIdKey }}
+- name: PIVOTAL_SYNC_KAFKA_OAUTH_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.oauth.existingSecret }}
+      key: {{ $s.oauth.clientSecretKey }}
+{{- end }}
+{{- if $s.tls.caSecret }}
+- name: PIVOTAL_SYNC_KAFKA_SSL_CA_FILE
+  value: {{ printf "/etc/pivotal-sync/kafka-ca/%s" $s.tls.caKey | quote }}
+{{- end }}
+{{- with $s.tls.existingSecret }}
+{{- if $s.tls.certKey }}
+- name: PIVOTAL_SYNC_KAFKA_SSL_CERT_FILE
+  value: {{ printf "/etc/pivotal-sync/kafka-tls/%s" $s.tls.certKey | quote }}
+- name: PIVOTAL_SYNC_KAFKA_SSL_KEY_FILE
+  value: {{ printf "/etc/pivotal-sync/kafka-tls/%s" $s.tls.keyKey | quote }}
+{{- end }}
+{{- if $s.tls.keyPasswordKey }}
+- name: PIVOTAL_SYNC_KAFKA_SSL_KEY_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $s.tls.keyPasswordKey }}
+{{- end }}
+{{- end }}
+{{- if not $s.tls.checkHostname }}
+- name: PIVOTAL_SYNC_KAFKA_SSL_CHECK_HOSTNAME
+  value: "false"
+{{- end }}
+{{- end }}
+
+{{/*
+Postgres TLS as PIVOTAL_SYNC_DATABASE_SSL* variables (the daemon, the init container and the
+migration Job all need them).
+*/}}
+{{- define "pivotal-sync.databaseTlsEnv" -}}
+{{- $t := .Values.databaseTls }}
+{{- with $t.sslmode }}
+- name: PIVOTAL_SYNC_DATABASE_SSLMODE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $t.existingSecret }}
+{{- if $t.caKey }}
+- name: PIVOTAL_SYNC_DATABASE_SSLROOTCERT
+  value: {{ printf "/etc/pivotal-sync/postgres-tls/%s" $t.caKey | quote }}
+{{- end }}
+{{- if $t.certKey }}
+- name: PIVOTAL_SYNC_DATABASE_SSLCERT
+  value: {{ printf "/etc/pivotal-sync/postgres-tls/%s" $t.certKey | quote }}
+- name: PIVOTAL_SYNC_DATABASE_SSLKEY
+  value: {{ printf "/etc/pivotal-sync/postgres-tls/%s" $t.keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pivotal-sync.apiCaEnv" -}}
+{{- with .Values.apiCa.existingSecret }}
+- name: PIVOTAL_SYNC_API_CA_FILE
+  value: {{ printf "/etc/pivotal-sync/api-ca/%s" $.Values.apiCa.key | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 Where the mapping file is mounted in the pod (read-only, outside the read-only root's writable
 paths).
 */}}
 {{- define "pivotal-sync.mappingDirectory" -}}
 /etc/pivotal-sync/mapping
+{{- end }}
+
+{{/*
+Secret volumes for the TLS files. Mode 0440 with the pod's fsGroup: readable by the daemon's
+group only (Postgres client keys must not be world-readable).
+*/}}
+{{- define "pivotal-sync.tlsVolumes" -}}
+{{- with .Values.kafka.security.tls.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.kafka.security.tls.existingSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.databaseTls.existingSecret }}
+- name: postgres-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.apiCa.existingSecret }}
+- name: api-ca
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "pivotal-sync.tlsVolumeMounts" -}}
+{{- if .Values.kafka.security.tls.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/pivotal-sync/kafka-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.kafka.security.tls.existingSecret }}
+- name: kafka-tls
+  mountPath: /etc/pivotal-sync/kafka-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.databaseTls.existingSecret }}
+- name: postgres-tls
+  mountPath: /etc/pivotal-sync/postgres-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.apiCa.existingSecret }}
+- name: api-ca
+  mountPath: /etc/pivotal-sync/api-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "pivotal-sync.databaseTlsVolumeMounts" -}}
+{{- if .Values.databaseTls.existingSecret }}
+- name: postgres-tls
+  mountPath: /etc/pivotal-sync/postgres-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Whether the KEDA Kafka scaler needs a TriggerAuthentication made by the chart.
+*/}}
+{{- define "pivotal-sync.kedaNeedsAuth" -}}
+{{- if and .Values.keda.enabled (not .Values.keda.authenticationRef) (or .Values.kafka.security.mechanism .Values.kafka.security.tls.existingSecret .Values.kafka.security.tls.caSecret) }}true{{- end }}
+{{- end }}
+
+{{/*
+The AWS region of an MSK bootstrap address (b-1.x.y.c2.kafka.eu-west-1.amazonaws.com:9098).
+*/}}
+{{- define "pivotal-sync.mskRegion" -}}
+{{- $found := regexFind "\\.kafka(-serverless)?\\.[a-z0-9-]+\\.amazonaws\\.com" .Values.config.kafkaBootstrapServers }}
+{{- regexReplaceAll "^\\.kafka(-serverless)?\\.|\\.amazonaws\\.com$" $found "" }}
 {{- end }}
