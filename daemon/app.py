@@ -106,6 +106,11 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
     return run_until_signalled(main, loop_factory=uvloop.new_event_loop)
 
 
+def _with_cause(reason: str, cause: str) -> str:
+    """A readiness reason, followed by what is known of its cause (naming the setting)."""
+    return f"{reason}: {cause}" if cause else reason
+
+
 class Daemon:
     """One `pivotal-sync run` process."""
 
@@ -130,8 +135,8 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.dead_letter_topic: DeadLetterTopic | None = None
         self.database_ok = False
-        # Why Postgres cannot be reached, naming the setting to fix.
-        self.database_problem = "not connected yet"
+        # Why Postgres cannot be reached, naming the setting to fix ("" until a failure says).
+        self.database_problem = ""
         self.starting = True
 
     # -- readiness -------------------------------------------------------------------------
@@ -140,10 +145,10 @@ class Daemon:
         if self.starting:
             reasons.append("starting")
         if not self.database_ok:
-            reasons.append(f"postgres unreachable: {self.database_problem}")
+            reasons.append(_with_cause("postgres unreachable", self.database_problem))
         if self.source is None or not self.source.connected:
             problem = self.source.problem if self.source is not None else ""
-            reasons.append(f"kafka not connected: {problem}" if problem else "kafka not connected")
+            reasons.append(_with_cause("kafka not connected", problem))
         if self.dispatcher is not None and self.dispatcher.auth_paused:
             reasons.append("paused: Pivotal refused the API key (401)")
         if self.dispatcher is not None and self.dispatcher.internal_errors_paused:

@@ -319,3 +319,32 @@ async def test_the_tools_name_the_setting_to_fix_too(
         assert f"{K}SASL_PASSWORD" in json.loads(status.stdout)["kafka_error"]
         for output in (imported.stdout, imported.stderr, status.stdout, status.stderr):
             assert "not-the-password" not in output
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable"),
+    [
+        ({f"{K}SECURITY_PROTOCOL": "SASL_SSL"}, f"{K}SASL_MECHANISM"),
+        ({f"{K}SECURITY_PROTOCOL": "SSL", f"{K}SSL_CA_FILE": "/no/such/ca.pem"}, f"{K}SSL_CA_FILE"),
+    ],
+)
+def test_settings_invalid_on_their_face_exit_2_naming_the_variable(
+    settings: dict[str, str], variable: str
+) -> None:
+    """`pivotal-sync run` refuses to start (exit 2) and names the variable; nothing is retried."""
+    env = {
+        **os.environ,
+        "PIVOTAL_API_KEY": KEY,
+        "PIVOTAL_SYNC_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        **settings,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"configuration error: {variable}" in done.stderr

@@ -269,7 +269,10 @@ async def test_the_database_check_follows_postgres_going_away_and_coming_back(
     try:
         ping.down = True
         await wait_for_pings(ping, ping.pings + 2)
-        assert app.not_ready_reasons() == [NO_POSTGRES]
+        [reason] = app.not_ready_reasons()
+        # The reason goes on to say why, naming the setting to check.
+        assert reason.startswith(f"{NO_POSTGRES}: ")
+        assert "PIVOTAL_SYNC_DATABASE_URL" in reason
         ping.down = False
         await wait_for_pings(ping, ping.pings + 2)
         assert app.not_ready_reasons() == []
