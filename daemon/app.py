@@ -36,6 +36,7 @@ from daemon.kafka_clients import KafkaClients
 from daemon.metrics import Metrics
 from daemon.pivotal import PivotalClient
 from daemon.progress import Progress
+from daemon.quota_ledger import PostgresLedger, SharedPacer, key_hash
 from daemon.ratelimit import RateLimiter
 from daemon.recorder import Recorder
 from daemon.scheduler import Scheduler
@@ -131,6 +132,7 @@ class Daemon:
         self.metrics = Metrics()
         self.stop = asyncio.Event()
         self.store: CheckpointStore | None = None
+        self.shared_pacer: SharedPacer | None = None
         self.source: Source | None = None
         self.dispatcher: Dispatcher | None = None
         self.dead_letter_topic: DeadLetterTopic | None = None
@@ -230,6 +232,7 @@ class Daemon:
         pacer: Pacer
         client: PivotalClient | None = None
         limiter: RateLimiter | None = None
+        ledger: PostgresLedger | None = None
         if s.dry_run:
             api, pacer = DryRunApi(), UnlimitedPacer()
             log.warning(
@@ -251,6 +254,15 @@ class Daemon:
                 window_seconds=s.rate_limit_window_seconds,
             )
             api, pacer = client, limiter
+            if s.quota_ledger:
+                ledger = PostgresLedger(s.require_database_url(), key_hash(s.require_api_key()))
+                self.shared_pacer = SharedPacer(
+                    local=limiter,
+                    ledger=ledger,
+                    metrics=metrics,
+                    window_hint_seconds=s.rate_limit_window_seconds,
+                )
+                pacer = self.shared_pacer
         progress = Progress()
         scheduler = Scheduler()
         entities = EntityCache()
@@ -316,6 +328,8 @@ class Daemon:
         finally:
             if client is not None:
                 await client.aclose()
+            if ledger is not None:
+                await ledger.close()
 
     async def _supervise(
         self, source: Source, dispatcher: Dispatcher, recorder: Recorder, store: CheckpointStore
@@ -327,6 +341,12 @@ class Daemon:
             dispatcher.run(self.stop, s.drain_timeout_seconds), name="dispatcher"
         )
         recording = asyncio.create_task(recorder.run(recorder_stop), name="recorder")
+        ledger_stop = asyncio.Event()
+        sharing = (
+            asyncio.create_task(self.shared_pacer.run(ledger_stop), name="quota-ledger")
+            if self.shared_pacer is not None
+            else None
+        )
         checking = asyncio.create_task(self._check_database(store), name="db-check")
         pruning = asyncio.create_task(self._prune_forever(store), name="checkpoint-retention")
         dlq_stop = asyncio.Event()
@@ -348,6 +368,9 @@ class Daemon:
         # The order that loses nothing: no new records → running work ends → outcomes durable
         # → offsets committed.
         await asyncio.gather(fetching, working, return_exceptions=True)
+        ledger_stop.set()  # after the workers: draining ones still take slots
+        if sharing is not None:
+            await asyncio.gather(sharing, return_exceptions=True)
         recorder_stop.set()
         try:
             await asyncio.wait_for(recording, FINAL_FLUSH_TIMEOUT_SECONDS)

@@ -145,9 +145,12 @@ class Settings(BaseSettings):
     http_port: int = Field(default=9000, ge=0, le=65535)
     # The limiter's first guess; it learns the real limit from Pivotal's headers.
     rate_limit_per_minute: float = Field(default=60.0, gt=0)
-    # Length of Pivotal's sliding window (60 s). The limiter learns it when it runs alone; when
-    # replicas share a key it cannot, so this hint matters (the sandbox can compress it).
-    rate_limit_window_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Length of Pivotal's sliding window. Unset: start from 60 s and learn it from the headers;
+    # set: this value, never learned (the sandbox can compress it).
+    rate_limit_window_seconds: float | None = Field(default=None, gt=0, le=3600)
+    # Replicas on one key share its window through a ledger in Postgres (daemon/quota_ledger.py);
+    # false: each replica infers the others from the rate-limit headers alone.
+    quota_ledger: bool = True
     # Upper bound on requests in flight; the limiter adapts below it with latency.
     max_in_flight: int = Field(default=16, ge=1, le=1024)
     request_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -55,6 +55,8 @@ DEAD_LETTER_REASONS = (
 )
 # Latency buckets for a SaaS API: tens of ms to the 10 s client timeout.
 DURATION_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# One quota ledger round trip: a local Postgres answers in about a millisecond.
+LEDGER_BUCKETS_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 CHECKPOINT_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -210,6 +212,27 @@ class Metrics:
         self.assigned_partitions = Gauge(
             f"{PREFIX}_consumer_assigned_partitions",
             "Partitions currently assigned to this consumer.",
+            registry=r,
+        )
+        self.ledger_call_duration = Histogram(
+            f"{PREFIX}_quota_ledger_call_duration_seconds",
+            "Duration of one quota ledger round trip (reserve slots, report finished requests).",
+            buckets=LEDGER_BUCKETS_SECONDS,
+            registry=r,
+        )
+        self.ledger_fallbacks = Counter(
+            f"{PREFIX}_quota_ledger_fallbacks",
+            "Times the quota ledger was out or slow and the header-based limiter took over.",
+            registry=r,
+        )
+        self.ledger_in_use = Gauge(
+            f"{PREFIX}_quota_ledger_in_use",
+            "1 while slots come from the shared quota ledger, 0 in fallback or when disabled.",
+            registry=r,
+        )
+        self.ledger_replicas = Gauge(
+            f"{PREFIX}_quota_ledger_replicas",
+            "Replicas alive on the API key, as the quota ledger saw at the last call.",
             registry=r,
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when /readyz answers ready.", registry=r)

@@ -205,3 +205,7 @@ SELECT CASE
        count(*) AS n
 FROM dead_letters AS d LEFT JOIN checkpoints AS c USING (event_id)
 GROUP BY 1;
+
+-- quota_reserve --
+-- The shared quota ledger's one round trip (daemon/quota_ledger.py; the function is in migration 0003)
+SELECT * FROM quota_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16);
