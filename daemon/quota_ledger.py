@@ -7,8 +7,8 @@ keep one ledger of the key's sliding window there instead (`quota_reserve`, migr
 1. **A slot is reserved before each send.** The row lock on the key makes count + insert one
    exact step; timestamps are the database's clock, so pod clock skew cannot matter (a replica
    sends durations measured on its monotonic clock, never a time of day).
-2. **A slot frees one window after the request's latest possible arrival**: its answer, less
-   the fastest round trip seen. In flight, it is held.
+2. **A slot frees one window after the request's latest possible arrival**: its answer. In
+   flight, it is held.
 3. **One round trip per call, one call for every worker waiting**: finished requests, learned
    state and the reservation travel together. Workers that queue while a call is out are served
    by the next one.
@@ -246,7 +246,6 @@ class SharedPacer:
         self._waiters: deque[asyncio.Future[int | None]] = deque()
         self._in_flight: set[int] = set()
         self._news = _News()
-        self._fastest_round_trip: float | None = None
         self._checks: list[tuple[int, int, int]] = []  # (server count, held, grants) to explain
         snapshot = local.snapshot()
         self._window_hint = window_hint_seconds
@@ -439,11 +438,9 @@ class SharedPacer:
     def _finished(
         self, permit: SharedPermit, status: int | None, headers: Mapping[str, str]
     ) -> None:
-        now = self._clock()
-        round_trip = max(0.0, now - permit.sent_at)
-        if self._fastest_round_trip is None or round_trip < self._fastest_round_trip:
-            self._fastest_round_trip = round_trip
-        arrived = now - self._fastest_round_trip  # rule 2: the latest it can have arrived
+        # Rule 2: the answer is the latest the request can have arrived. (Less the fastest round
+        # trip is not a bound: a request that queued on its way in arrived later than that.)
+        arrived = self._clock()
         counted = status != 429
         news = self._news
         if permit.slot is not None:
@@ -451,7 +448,7 @@ class SharedPacer:
             news.done.append((permit.slot, arrived, counted))
         elif counted:
             news.extra.append(arrived)
-        news.since = now if news.since is None else news.since
+        news.since = arrived if news.since is None else news.since
         if status == 429:
             blocked = self._local.snapshot().blocked_until
             if blocked is not None:

@@ -1,7 +1,7 @@
 """The shared quota ledger (daemon/quota_ledger.py, migration 0003) against a real Postgres.
 
 Replicas are separate processes where it matters (tests/integration/quota_ledger_worker.py);
-Postgres is taken away through a TCP proxy that can be cut (tests/fixtures/tcp_proxy.py).
+Postgres is taken away through a TCP proxy that can be cut (devtools/tcp_proxy.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from daemon.checkpoints import CheckpointStore
 from daemon.metrics import Metrics
 from daemon.quota_ledger import PostgresLedger, ReserveCall, SharedPacer
 from daemon.ratelimit import RateLimiter
-from tests.fixtures.tcp_proxy import tcp_proxy
+from devtools.tcp_proxy import tcp_proxy
 
 pytestmark = pytest.mark.postgres
 
