@@ -176,7 +176,7 @@ async def run_side(stack: Stack, case: Case, side: str, messages: list[Message])
                 action = asyncio.create_task(
                     act(case, sandbox, daemons, proxy, env, name, stack, marks)
                 )
-                await _wait_caught_up(stack, group, topic, ends, [d for d in daemons if d.alive()])
+                await _wait_caught_up(stack, group, topic, ends, daemons)
                 await action
                 per_replica = [d.total("pivotal_sync_api_requests_total") for d in daemons]
                 for d in daemons:
@@ -226,10 +226,13 @@ async def act(
     first = await sandbox.wait_first_request()
     await asyncio.sleep(max(0.0, first + ACTION_AT_SECONDS - time.time()))
     if case.restart:
+        # Kill and replace with no await between: the caught-up check never sees a dead one.
+        victim = daemons[0]
         marks["killed"] = time.time()
-        await asyncio.to_thread(daemons[0].kill)
+        victim.process.kill()
         daemons[0] = DaemonProcess(env, stack.workdir / f"{name}-0-restarted.log")
         marks["restarted"] = time.time()
+        await asyncio.to_thread(victim.kill)  # reaps it
     if proxy is not None:
         marks["cut"] = time.time()
         await proxy.cut()

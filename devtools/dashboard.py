@@ -371,6 +371,54 @@ def checkpoint_age_panel() -> Panel:
     )
 
 
+# --- Shared quota ledger --------------------------------------------------------------------
+
+
+def ledger_latency_panel() -> Panel:
+    bucket = metric("quota_ledger_call_duration_seconds_bucket")
+    return timeseries(
+        "Quota ledger round trip",
+        "Duration of one call to the shared quota ledger in Postgres (reserve slots, report "
+        "finished requests). Above 1 s the pod falls back to the header-based limiter.",
+        [
+            (
+                f"histogram_quantile({q}, sum by (le) (rate({bucket}[{RATE}])))",
+                f"p{round(q * 100)}",
+            )
+            for q in (0.5, 0.99)
+        ],
+        unit="s",
+        width=THIRD_WIDTH,
+    )
+
+
+def ledger_in_use_panel() -> Panel:
+    return state_timeline(
+        "Quota ledger in use",
+        "1 while a pod takes its slots from the shared ledger; 0 while Postgres is out or "
+        "slow (the header-based limiter paces it) or the ledger is disabled "
+        "(PIVOTAL_SYNC_QUOTA_LEDGER).",
+        [(f"max by (pod) ({metric('quota_ledger_in_use')})", "{{pod}}")],
+    )
+
+
+def ledger_replicas_panel() -> Panel:
+    return timeseries(
+        "Replicas on the key",
+        "Replicas alive on the API key as the ledger sees them, and fallbacks to the "
+        "header-based limiter.",
+        [
+            (f"max({metric('quota_ledger_replicas')})", "replicas"),
+            (
+                f"sum(increase({metric('quota_ledger_fallbacks_total')}[{RATE}]))",
+                "fallbacks",
+            ),
+        ],
+        unit="short",
+        width=THIRD_WIDTH,
+    )
+
+
 # --- State ----------------------------------------------------------------------------------
 
 
@@ -449,6 +497,10 @@ def sections() -> list[tuple[str, list[Panel]]]:
         ("State", [ready_panel(), paused_panel(), assigned_panel()]),
         ("Throughput", [throughput_panel(), outcomes_panel(), requests_panel(), retries_panel()]),
         ("Quota", [quota_use_panel(), remaining_panel(), rate_limited_panel()]),
+        (
+            "Shared quota ledger",
+            [ledger_latency_panel(), ledger_in_use_panel(), ledger_replicas_panel()],
+        ),
         ("Latency", [latency_panel(), in_flight_panel()]),
         ("Backlog", [lag_records_panel(), time_to_drain_panel()]),
         ("Lanes and coalescing", [lanes_panel(), coalescing_panel()]),
