@@ -20,12 +20,14 @@ The ledger's cost: round trips (calls of `quota_reserve`) and their milliseconds
 from `pivotal_sync_quota_ledger_call_duration_seconds`.
 
     python -m bench.replicas [--only together,staggered,restart,single,learn,outage]
+        [--sides today,ledger]   (the daemons' logs at info: BENCH_DAEMON_LOG_LEVEL=info)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -160,7 +162,7 @@ async def run_side(stack: Stack, case: Case, side: str, messages: list[Message])
                 database_url=proxy.dsn(database_url) if proxy else database_url,
                 api_url=f"{url}/api/v1",
                 api_key=KEY,
-                LOG_LEVEL="warning",
+                LOG_LEVEL=os.environ.get("BENCH_DAEMON_LOG_LEVEL", "warning"),
                 AUTH_PROBE_INTERVAL_SECONDS="2",
                 **extra,
             )
@@ -278,7 +280,7 @@ async def _main(args: argparse.Namespace) -> None:
             if only is not None and case.scenario.name not in only:
                 continue
             messages = _messages(case.scenario.n, case.scenario.name)
-            for side in SIDES:
+            for side in args.sides.split(","):
                 started = time.monotonic()
                 try:
                     seen = await run_side(stack, case, side, messages)
@@ -299,6 +301,7 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--sides", default=",".join(SIDES), help="today,ledger or one of them")
     asyncio.run(_main(parser.parse_args()))
 
 

@@ -260,6 +260,7 @@ class SharedPacer:
         self._next_at = 0.0
         self._last_call = -math.inf
         self._shared_auth = False
+        self._awaiting_answers = False
         self._wake = asyncio.Event()
         if metrics is not None:
             metrics.ledger_in_use.set(1)
@@ -336,7 +337,9 @@ class SharedPacer:
             due = min(due, self._next_at)
         news = self._news
         if news.since is not None:
-            due = min(due, news.since + REPORT_SECONDS)
+            due = min(
+                due, now if news.done and self._awaiting_answers else news.since + REPORT_SECONDS
+            )
         if news.blocked_until is not None or news.auth_pause is not None:
             due = now
         if AUTH in self._local.paused_reasons and now - self._auth_renewed_at > LEASE_SECONDS:
@@ -401,6 +404,7 @@ class SharedPacer:
             if self._metrics is not None:
                 self._metrics.ledger_in_use.set(1)
         self._last_call = now
+        self._awaiting_answers = False
         self._published_limit = answer.limit if answer.limit else self._published_limit
         self._published_window = (
             answer.window_seconds if not self._window_hint else (self._window_hint)
@@ -415,6 +419,8 @@ class SharedPacer:
         elif answer.blocked_seconds > 0:
             self._next_at = now + answer.blocked_seconds
         elif answer.wait_seconds is None:
+            # Only slots in flight: the next answer (reported at once) may free or teach more.
+            self._awaiting_answers = True
             self._next_at = now + MAX_POLL_SECONDS
         else:
             self._next_at = now + min(answer.wait_seconds, MAX_POLL_SECONDS)
@@ -449,6 +455,8 @@ class SharedPacer:
         elif counted:
             news.extra.append(arrived)
         news.since = arrived if news.since is None else news.since
+        if self._awaiting_answers:
+            self._wake.set()
         if status == 429:
             blocked = self._local.snapshot().blocked_until
             if blocked is not None:

@@ -109,6 +109,9 @@ SYSTEMIC_BACKOFF_BASE_SECONDS = 0.5
 SYSTEMIC_BACKOFF_MAX_SECONDS = 30.0
 # Learning the window from Reset: the smallest of this many observations.
 WINDOW_OBSERVATIONS = 256
+# ...and the first estimate only from this many: windows do not shrink much once learned, so a
+# first answer that came late (a new connection, a loaded server) must not set it alone.
+WINDOW_FIRST_OBSERVATIONS = 3
 WINDOW_CHANGE_LOG_FRACTION = 0.05
 # Log the rate only when it moves by more than this fraction.
 RATE_CHANGE_LOG_FRACTION = 0.1
@@ -676,6 +679,8 @@ class RateLimiter:
         if self._window is not None and observed < self._window - 1.5:
             return  # windows do not shrink: a send misattributed around the window's edge
         self._window_observations.append(observed)
+        if self._window is None and len(self._window_observations) < WINDOW_FIRST_OBSERVATIONS:
+            return  # the very first answer (a cold connection, a busy server) may be late
         # Whole-second windows: min − 0.5 rounds to W however the sends fall within a second.
         estimate = float(max(1, round(min(self._window_observations) - 0.5)))
         old = self._window_now()

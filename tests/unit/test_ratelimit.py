@@ -350,6 +350,16 @@ async def test_the_window_is_learned_from_reset_when_not_hinted(clock: FakeTime)
     assert rl.snapshot().window_seconds == 10
 
 
+async def test_a_late_first_answer_does_not_set_the_window_alone(clock: FakeTime) -> None:
+    """The first answer's Reset says 14 s (it came late); the next two say 10 s: the window is
+    learned as 10 s, not stuck above it."""
+    rl = limiter(clock, window=None)
+    clock.now = 100.25
+    for sent, reset_in in ((1, 14), (2, 10), (3, 10)):
+        await send(rl, headers=pivotal(clock, 100, 100 - sent, reset_in=reset_in))
+    assert rl.snapshot().window_seconds == 10
+
+
 async def test_a_policy_window_overrides_the_default(clock: FakeTime) -> None:
     rl = limiter(clock, window=None)
     await send(rl, headers={"RateLimit-Policy": "100;w=30", "RateLimit": "limit=100, remaining=99"})
