@@ -47,7 +47,7 @@ from pydantic import SecretStr
 
 from daemon.checkpoints import QUERIES
 from daemon.metrics import Metrics
-from daemon.ratelimit import AUTH, Permit, RateLimiter, parse_quota_headers
+from daemon.ratelimit import Permit, RateLimiter, parse_quota_headers
 
 log = structlog.get_logger("pivotal_sync.quota_ledger")
 
@@ -70,6 +70,8 @@ LOCAL_PAUSE_POLL_SECONDS = 0.05
 # Outside requests are counted only above this many (in-flight reordering makes a little noise).
 OUTSIDE_TOLERANCE = 1
 HASH_CONTEXT = b"pivotal-sync quota ledger\0"
+# The dispatcher's pause reason for a refused key (a 401), shared with the other replicas.
+AUTH = "auth"
 
 
 def key_hash(api_key: SecretStr) -> bytes:
@@ -206,8 +208,8 @@ class SharedPermit:
         self._local.complete(status, headers)
         self._pacer._finished(self, status, headers)
 
-    def failed(self) -> None:
-        self._local.failed()
+    def failed(self, *, systemic: bool = True) -> None:
+        self._local.failed(systemic=systemic)
         self._pacer._finished(self, None, {})
 
 

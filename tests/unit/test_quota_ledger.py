@@ -16,13 +16,14 @@ from pydantic import SecretStr
 
 from daemon.metrics import Metrics
 from daemon.quota_ledger import (
+    AUTH,
     AUTH_PAUSE_SECONDS,
     ReserveAnswer,
     ReserveCall,
     SharedPacer,
     key_hash,
 )
-from daemon.ratelimit import AUTH, RateLimiter
+from daemon.ratelimit import RateLimiter
 
 HEADERS = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "90"}
 
