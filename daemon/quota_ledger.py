@@ -261,7 +261,6 @@ class SharedPacer:
         self._retry_at = 0.0
         self._next_at = 0.0
         self._last_call = -math.inf
-        self._shared_auth = False
         self._awaiting_answers = False
         self._wake = asyncio.Event()
         if metrics is not None:
@@ -413,7 +412,6 @@ class SharedPacer:
         )
         self._explain_counts(answer.grants_total)
         self._held, self._grants_total = answer.held, answer.grants_total
-        self._shared_auth = answer.auth_paused
         for slot in answer.granted:
             self._grant(slot)
         if not self._live_waiters():
