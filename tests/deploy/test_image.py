@@ -21,6 +21,7 @@ import tomllib
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -282,12 +283,27 @@ def test_the_image_adds_little_to_its_base(docker: str, image: str, base_image: 
     assert 0 < added < MAX_ADDED_MEGABYTES, f"the image adds {added:.0f} MB to its base"
 
 
-def _wrapper(docker: str, image: str, name: str) -> Sequence[str]:
+def _socket_mount(database_url: str) -> list[str]:
+    """Postgres on a Unix socket (the embedded server of `make test`) is reached through its
+    socket directory, mounted at the same path; a TCP server needs nothing (host network)."""
+    hosts = parse_qs(urlsplit(database_url).query).get("host", [])
+    if not hosts or not hosts[0].startswith("/"):
+        return []
+    # The container runs as 10001, not as the server's owner: it must be able to enter the
+    # directory to reach the socket (the socket file itself is world-writable).
+    directory = Path(hosts[0])
+    directory.chmod(directory.stat().st_mode | 0o011)
+    return ["--volume", f"{directory}:{directory}"]
+
+
+def _wrapper(docker: str, image: str, name: str, database_url: str) -> Sequence[str]:
     """An `executable` for DaemonProcess: the container, given the daemon's PIVOTAL_* env.
 
     `docker run` passes the signals it gets to the daemon, PID 1 in the container.
     """
-    options = shlex.join(_container(docker, "--name", name, "--network", "host"))
+    options = shlex.join(
+        _container(docker, "--name", name, "--network", "host", *_socket_mount(database_url))
+    )
     forward = 'set -- $(env | grep -o "^PIVOTAL[A-Z0-9_]*" | sed "s/^/-e /")'
     return ["sh", "-c", f'{forward}; exec {options} "$@" {shlex.quote(image)} run', "sh"]
 
@@ -305,11 +321,14 @@ async def test_the_image_syncs_a_stream_read_only_and_stops_on_sigterm(
     image: str,
     scenario: ScenarioFactory,  # noqa: F811 - the imported fixture
     container_name: str,
+    postgres_server_url: str,
 ) -> None:
     """The daemon in the image syncs against broker, Postgres and sandbox, then drains on TERM."""
     async with scenario() as s:
         expected = await s.publish(generate(StreamSpec(customers=20, malformed=2, prefix="img")))
-        daemon = s.start_daemon(executable=_wrapper(docker, image, container_name))
+        daemon = s.start_daemon(
+            executable=_wrapper(docker, image, container_name, postgres_server_url)
+        )
         await s.wait_caught_up()
         assert s.problems(expected) == []
         assert s.admin.stats()["duplicates"] == []
@@ -334,6 +353,7 @@ async def test_migrate_in_the_image_stops_on_sigterm_as_pid_1(
     try:
         await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         command = _container(docker, "--name", container_name, "--network", "host",
+                             *_socket_mount(url),
                              "-e", f"PIVOTAL_SYNC_DATABASE_URL={url}")  # fmt: skip
         process = subprocess.Popen(
             [*command, image, "migrate"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
