@@ -39,6 +39,7 @@ CREATE TABLE quota_replicas (
 );
 
 COMMENT ON TABLE quota_replicas IS 'Replicas alive on a key (a lease: gone after seen_at + lease).';
+COMMENT ON COLUMN quota_replicas.key_hash IS 'The key (quota_keys.key_hash) it sends with.';
 COMMENT ON COLUMN quota_replicas.replica IS 'Random per process start.';
 COMMENT ON COLUMN quota_replicas.seen_at IS 'Its last call (calls are the heartbeat).';
 COMMENT ON COLUMN quota_replicas.waiting IS 'Requests it still waited to send after its last call.';
@@ -55,6 +56,9 @@ CREATE TABLE quota_slots (
 CREATE INDEX quota_slots_key ON quota_slots (key_hash, arrived_at);
 
 COMMENT ON TABLE quota_slots IS 'Requests holding a slot of their key''s window.';
+COMMENT ON COLUMN quota_slots.id IS 'Surrogate key.';
+COMMENT ON COLUMN quota_slots.key_hash IS 'The key (quota_keys.key_hash) whose window it counts in.';
+COMMENT ON COLUMN quota_slots.replica IS 'The replica that reserved it (quota_replicas.replica).';
 COMMENT ON COLUMN quota_slots.reserved_at IS 'When the slot was granted (before the send).';
 COMMENT ON COLUMN quota_slots.arrived_at IS
     'Latest time the request can have reached the server; NULL while in flight. Frees one window later.';

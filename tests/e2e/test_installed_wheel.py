@@ -54,6 +54,7 @@ def test_the_installed_wheel_ships_its_migrations(installed: Path) -> None:
     assert sorted(p.name for p in (site / "daemon" / "migrations").glob("*.sql")) == [
         "0001_initial.sql",
         "0002_create_intents.sql",
+        "0003_quota_ledger.sql",
     ]
     assert (site / "daemon" / "queries.sql").exists()
 

@@ -340,9 +340,10 @@ async def test_a_bug_on_one_event_dead_letters_it_as_internal_error_and_the_stre
     letter = next(f.dead_letter for f in harness.store.finished if f.event_id == "evt-1")
     assert letter is not None
     assert letter.reason == "internal_error"
-    # At least INTERNAL_ERROR_ATTEMPTS, and until another event has been seen to succeed.
+    # At least INTERNAL_ERROR_ATTEMPTS, and until another event has been seen to succeed (how
+    # many more depends on when the other event's answer comes: the retries here are instant).
     attempts = int(letter.detail.removeprefix("ZeroDivisionError after ").split()[0])
-    assert INTERNAL_ERROR_ATTEMPTS <= attempts <= INTERNAL_ERROR_ATTEMPTS + 3
+    assert attempts >= INTERNAL_ERROR_ATTEMPTS
     assert outcome_of(harness.store.finished, "evt-2") is Outcome.SENT
     assert harness.metrics.internal_errors._value.get() == attempts
     # Never mistaken for the network: no request was retried, none counted as a network retry.
