@@ -1,0 +1,144 @@
+"""Intake limits: what one record may weigh before it costs a request, a lane or a stuck partition.
+
+Every check here runs at intake, before any request, and refuses with an `InvalidEventError`
+whose reason is one of `LIMIT_REASONS`: the record becomes its own dead letter and the partition
+keeps moving. Without them one hostile record could stop the stream: a value nested ~1,000
+levels deep decodes, then fails with a `RecursionError` wherever it is walked again (the request
+body encoder, the dead-letter tools); a `sequence` of 2^63-1 makes every later real update of
+its entity look stale, for good.
+
+    check_record(record)              size, before the value is decoded
+    check_event(event)                nesting depth and string length of the fields
+    check_sequence(event, applied)    a sequence implausibly far ahead of the entity's history
+
+The numbers are settings (`PIVOTAL_SYNC_MAX_*`, daemon/config.py); the defaults below are far
+above any real CRM change event and far below what breaks something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.errors import InvalidEventError
+from daemon.events import Event, RecordRef
+
+# Kafka's own default message.max.bytes is 1 MiB; Pivotal refuses bodies above 1 MiB too.
+MAX_RECORD_BYTES = 1024 * 1024
+# JSON nesting (objects and arrays) of an event's `data`. CPython's decoder accepts ~1,000
+# levels and its encoders fail near the same depth, so the limit must sit well below that.
+MAX_NESTING_DEPTH = 32
+# One string value anywhere in `data` (a name, a note, a metadata leaf), in characters.
+MAX_FIELD_CHARS = 64 * 1024
+# How far one update may move an entity's `sequence` past the last one applied. 10^17 is over
+# three years of nanosecond timestamps, three thousand years of microseconds: only a broken or
+# hostile producer jumps further.
+MAX_SEQUENCE_JUMP = 10**17
+# An entity without history has nothing to jump from; above this a first sequence is not a
+# version or a timestamp (nanoseconds since 1970 stay below it until the year 2116).
+MAX_FIRST_SEQUENCE = 2**62
+# A redriven record carrying this header skips the sequence bound (the operator's way out:
+# `pivotal-sync dead-letters retry --accept-sequence ID`). Stale detection still applies.
+ACCEPT_SEQUENCE_HEADER = "pivotal-sync-accept-sequence"
+
+LIMIT_REASONS = (
+    "record_too_large",  # key + value + headers above max_record_bytes
+    "too_deep",  # `data` nested deeper than max_nesting_depth
+    "field_too_long",  # a string in `data` longer than max_field_chars
+    "sequence_implausible",  # `sequence` implausibly far ahead of the entity's history
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """The intake limits in force (from the settings; the defaults are the safe ones)."""
+
+    max_record_bytes: int = MAX_RECORD_BYTES
+    max_nesting_depth: int = MAX_NESTING_DEPTH
+    max_field_chars: int = MAX_FIELD_CHARS
+    max_sequence_jump: int = MAX_SEQUENCE_JUMP
+
+    def check_record(self, record: RecordRef) -> None:
+        """Refuse a record heavier than `max_record_bytes` before its value is decoded."""
+        size = record_bytes(record)
+        if size > self.max_record_bytes:
+            raise InvalidEventError(
+                "record_too_large",
+                f"record is {size:,} bytes; the limit is {self.max_record_bytes:,} "
+                "(PIVOTAL_SYNC_MAX_RECORD_BYTES)",
+            )
+
+    def check_event(self, event: Event) -> None:
+        """Refuse fields nested too deep or holding an over-long string."""
+        for path, depth, value in _walk(event.fields):
+            if depth > self.max_nesting_depth:
+                raise InvalidEventError(
+                    "too_deep",
+                    f"{_clip(path, 120)} is nested more than {self.max_nesting_depth} levels deep "
+                    "(PIVOTAL_SYNC_MAX_NESTING_DEPTH)",
+                )
+            longest = _longest_string(value)
+            if longest > self.max_field_chars:
+                raise InvalidEventError(
+                    "field_too_long",
+                    f"{_clip(path, 120)} holds {longest:,} characters; the limit is "
+                    f"{self.max_field_chars:,} (PIVOTAL_SYNC_MAX_FIELD_CHARS)",
+                )
+
+    def check_sequence(self, event: Event, applied: int | None) -> None:
+        """Refuse a `sequence` implausibly far ahead of `applied` (the entity's last one)."""
+        if event.sequence is None or _accepted_by_operator(event.record):
+            return
+        if applied is None:
+            if event.sequence > MAX_FIRST_SEQUENCE:
+                raise InvalidEventError(
+                    "sequence_implausible",
+                    f"sequence {event.sequence} is above {MAX_FIRST_SEQUENCE} for an entity "
+                    "without history; `dead-letters retry --accept-sequence` applies it anyway",
+                )
+            return
+        if event.sequence - applied > self.max_sequence_jump:
+            raise InvalidEventError(
+                "sequence_implausible",
+                f"sequence {event.sequence} is more than {self.max_sequence_jump} ahead of the "
+                f"last applied ({applied}) (PIVOTAL_SYNC_MAX_SEQUENCE_JUMP); "
+                "`dead-letters retry --accept-sequence` applies it anyway",
+            )
+
+
+def record_bytes(record: RecordRef) -> int:
+    """What a record weighs on the wire, near enough: key, value and every header."""
+    size = len(record.key or b"") + len(record.value or b"")
+    return size + sum(len(name) + len(value) for name, value in record.headers)
+
+
+def _accepted_by_operator(record: RecordRef) -> bool:
+    return any(name == ACCEPT_SEQUENCE_HEADER for name, _ in record.headers)
+
+
+def _walk(fields: Mapping[str, Any]) -> Iterator[tuple[str, int, Any]]:
+    """Every value under `fields` as (path, depth, value), without recursion: the point is to
+    measure documents too deep for recursive code. `data` itself is depth 1."""
+    stack: list[tuple[str, int, Any]] = [("data", 1, fields)]
+    while stack:
+        path, depth, value = stack.pop()
+        yield path, depth, value
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{_clip(str(k))}", depth + 1, v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", depth + 1, v) for i, v in enumerate(value))
+
+
+def _longest_string(value: Any) -> int:
+    """A string's length; for an object, its longest key (keys are strings Pivotal stores too)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return max((len(str(k)) for k in value), default=0)
+    return 0
+
+
+def _clip(name: str, limit: int = 40) -> str:
+    # A hostile key must not make the detail (a dead-letter column, a log field) huge.
+    return name if len(name) <= limit else name[: limit - 1] + "…"

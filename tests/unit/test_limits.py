@@ -1,0 +1,170 @@
+"""Intake limits: a hostile record costs its own dead letter, with a reason, before any request."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from daemon.errors import InvalidEventError
+from daemon.events import Event, RecordRef, parse_record
+from daemon.limits import (
+    ACCEPT_SEQUENCE_HEADER,
+    MAX_FIRST_SEQUENCE,
+    MAX_NESTING_DEPTH,
+    MAX_SEQUENCE_JUMP,
+    Limits,
+    record_bytes,
+)
+
+LIMITS = Limits()
+
+
+def record(
+    value: bytes, *, headers: tuple[tuple[str, bytes], ...] = (), key: bytes = b"cus_1"
+) -> RecordRef:
+    return RecordRef(topic="crm", partition=0, offset=3, key=key, value=value, headers=headers)
+
+
+def event(
+    data: dict[str, Any],
+    *,
+    sequence: int | None = None,
+    headers: tuple[tuple[str, bytes], ...] = (),
+) -> Event:
+    document: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": "evt_1",
+        "source": "crm/test",
+        "type": "customer.updated",
+        "subject": "cus_1",
+        "data": data,
+    }
+    if sequence is not None:
+        document["sequence"] = sequence
+    return parse_record(record(json.dumps(document).encode(), headers=headers))
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A `metadata` value nested so that the deepest value sits at `depth` (data is 1)."""
+    value: Any = "leaf"
+    for _ in range(depth - 2):
+        value = {"a": value}
+    return {"metadata": value}
+
+
+def reason_of(check: Any) -> str:
+    with pytest.raises(InvalidEventError) as caught:
+        check()
+    return caught.value.reason
+
+
+def test_a_record_at_the_size_limit_passes_and_one_byte_more_is_record_too_large() -> None:
+    """The size counts key, value and headers together, and the limit itself is allowed."""
+    limits = Limits(max_record_bytes=100)
+    exact = record(b"v" * 80, headers=(("h", b"x" * 14),), key=b"cus_1")
+    assert record_bytes(exact) == 100
+    limits.check_record(exact)
+    over = record(b"v" * 81, headers=(("h", b"x" * 14),), key=b"cus_1")
+    assert reason_of(lambda: limits.check_record(over)) == "record_too_large"
+
+
+def test_a_header_flood_counts_against_the_record_size() -> None:
+    """Ten thousand headers on a small value are as heavy as a large value."""
+    flood = tuple((f"h{i}", b"v" * 200) for i in range(10_000))
+    assert reason_of(lambda: LIMITS.check_record(record(b"{}", headers=flood))) == (
+        "record_too_large"
+    )
+
+
+def test_a_ten_megabyte_value_is_refused_by_the_default_limit() -> None:
+    """The default limit (1 MiB, Kafka's own default) refuses a 10 MB value before decoding."""
+    assert reason_of(lambda: LIMITS.check_record(record(b" " * 10_000_000))) == "record_too_large"
+
+
+def test_nesting_at_the_limit_passes_and_one_level_deeper_is_too_deep() -> None:
+    """`data` is level 1; a value at exactly max_nesting_depth is allowed."""
+    LIMITS.check_event(event(nested(MAX_NESTING_DEPTH)))
+    assert reason_of(lambda: LIMITS.check_event(event(nested(MAX_NESTING_DEPTH + 1)))) == (
+        "too_deep"
+    )
+
+
+def test_nesting_near_the_decoders_limit_is_measured_without_recursion() -> None:
+    """A document 900 levels deep (the decoder still takes it) is refused, not a RecursionError."""
+    deep = "[" * 900 + "]" * 900
+    value = '{"specversion":"1.0","id":"e","source":"s","type":"customer.updated",'
+    value += f'"subject":"cus_1","data":{{"metadata":{{"x":{deep}}}}}}}'
+    parsed = parse_record(record(value.encode()))
+    with pytest.raises(InvalidEventError) as caught:
+        LIMITS.check_event(parsed)
+    assert caught.value.reason == "too_deep"
+    assert len(caught.value.detail) < 300
+
+
+def test_arrays_count_as_nesting_too() -> None:
+    """Lists nest like objects do."""
+    value: Any = 1
+    for _ in range(MAX_NESTING_DEPTH):
+        value = [value]
+    assert reason_of(lambda: LIMITS.check_event(event({"metadata": {"x": value}}))) == "too_deep"
+
+
+def test_a_string_over_the_field_limit_is_field_too_long_and_names_its_path() -> None:
+    """The detail names where the long string is, not what it holds."""
+    limits = Limits(max_field_chars=10)
+    limits.check_event(event({"name": "x" * 10}))
+    with pytest.raises(InvalidEventError) as caught:
+        limits.check_event(event({"metadata": {"notes": "x" * 11}}))
+    assert caught.value.reason == "field_too_long"
+    assert "data.metadata.notes" in caught.value.detail
+    assert "xxxxxxxxxxx" not in caught.value.detail
+
+
+def test_an_absurdly_long_key_inside_data_is_field_too_long() -> None:
+    """Object keys are strings too: a megabyte key is refused, and the detail stays short."""
+    limits = Limits(max_field_chars=100)
+    with pytest.raises(InvalidEventError) as caught:
+        limits.check_event(event({"metadata": {"k" * 1_000_000: 1}}))
+    assert caught.value.reason == "field_too_long"
+    assert len(caught.value.detail) < 300
+
+
+def test_a_huge_array_of_small_values_within_the_size_limit_passes() -> None:
+    """Width is bounded by the record size, not by the depth or field checks."""
+    LIMITS.check_event(event({"metadata": {"ids": list(range(100_000))}}))
+
+
+def test_a_sequence_far_ahead_of_the_entitys_history_is_implausible() -> None:
+    """2^63-1 after a real history would freeze the entity: it is refused instead."""
+    assert reason_of(lambda: LIMITS.check_sequence(event({}, sequence=2**63 - 1), 41)) == (
+        "sequence_implausible"
+    )
+
+
+def test_a_jump_of_exactly_the_bound_passes() -> None:
+    """The bound itself is a plausible jump."""
+    LIMITS.check_sequence(event({}, sequence=41 + MAX_SEQUENCE_JUMP), 41)
+    assert reason_of(
+        lambda: LIMITS.check_sequence(event({}, sequence=42 + MAX_SEQUENCE_JUMP), 41)
+    ) == ("sequence_implausible")
+
+
+def test_a_first_sequence_may_be_a_nanosecond_timestamp_but_not_the_maximum() -> None:
+    """Without history, real timestamps pass and values above MAX_FIRST_SEQUENCE do not."""
+    LIMITS.check_sequence(event({}, sequence=1_764_547_200_000_000_000), None)
+    assert reason_of(
+        lambda: LIMITS.check_sequence(event({}, sequence=MAX_FIRST_SEQUENCE + 1), None)
+    ) == ("sequence_implausible")
+
+
+def test_the_operator_header_accepts_an_implausible_sequence() -> None:
+    """`dead-letters retry --accept-sequence` marks the record; the bound then steps aside."""
+    accepted = event({}, sequence=2**63 - 1, headers=((ACCEPT_SEQUENCE_HEADER, b"1"),))
+    LIMITS.check_sequence(accepted, 41)
+
+
+def test_an_event_without_sequence_is_never_implausible() -> None:
+    """No sequence, nothing to bound."""
+    LIMITS.check_sequence(event({}), 10**18)
