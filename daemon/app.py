@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from daemon import logs, postgres_access, tls
+from daemon import logs, postgres_access, redaction, signals, tls
 from daemon.admitted import Admitted
 from daemon.backoff import Backoff, Stopped, retry
 from daemon.checkpoints import CheckpointStore
@@ -46,6 +46,8 @@ from daemon.source import Partitions, Source
 from daemon.version import version
 
 DB_CHECK_INTERVAL_SECONDS = 5.0
+DB_RECHECK_INTERVAL_SECONDS = 1.0
+DB_PING_TIMEOUT_SECONDS = 2.0
 # Checkpoint retention runs this long after start-up, then at this interval.
 PRUNE_FIRST_DELAY_SECONDS = 60.0
 PRUNE_INTERVAL_SECONDS = 3600.0
@@ -58,15 +60,7 @@ log = structlog.get_logger("pivotal_sync.app")
 
 def _configure(settings: Settings) -> None:
     logs.configure(settings.log_format, settings.log_level)
-    for secret in (
-        settings.api_key,
-        settings.kafka_sasl_password,
-        settings.kafka_ssl_key_password,
-        settings.kafka_oauth_client_secret,
-        settings.database_password,
-    ):
-        if secret is not None:
-            logs.register_secret(secret.get_secret_value())
+    redaction.register_settings(settings)
 
 
 def main(*, dry_run: bool | None = None) -> int:
@@ -82,7 +76,11 @@ def main(*, dry_run: bool | None = None) -> int:
         ca_file=settings.api_ca_file, ca_variable="PIVOTAL_SYNC_API_CA_FILE", replace_roots=False
     )
     _configure(settings)
-    return _run_loop(Daemon(settings, kafka, api_tls, mapping).run())
+    try:
+        return _run_loop(Daemon(settings, kafka, api_tls, mapping).run())
+    finally:
+        # The loop removed its handlers on close: a late SIGTERM must not end us by the signal.
+        signals.remember_early()
 
 
 def migrate_main() -> int:
@@ -167,9 +165,7 @@ class Daemon:
             dry_run=self.settings.dry_run,
             topic=self.settings.kafka_topic,
         )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._request_stop, sig)
+        signals.handle_in_loop(self._request_stop)
         http = asyncio.create_task(
             serve(
                 create_app(self.metrics, self.not_ready_reasons), self.settings.http_port, self.stop
@@ -192,7 +188,10 @@ class Daemon:
             return 0
         self.store = store
         try:
-            await store.migrate()
+            try:
+                await signals.or_stop(store.migrate(), self.stop)
+            except Stopped:
+                return 0
             return await self._pipeline(store)
         finally:
             await store.close()
@@ -205,7 +204,9 @@ class Daemon:
 
         try:
             store = await retry(
-                lambda: CheckpointStore.connect(dsn, metrics=self.metrics),
+                lambda: signals.or_stop(
+                    CheckpointStore.connect(dsn, metrics=self.metrics), self.stop
+                ),
                 retry_on=(TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
                 backoff=Backoff(CONNECT_RETRY_BASE_SECONDS, CONNECT_RETRY_CAP_SECONDS),
                 stop=self.stop,
@@ -307,6 +308,7 @@ class Daemon:
             admitted=admitted,
             mapping=self.mapping,
             stop=self.stop,
+            limits=s.intake_limits(),
         )
         rebalance = _Rebalance(dispatcher, recorder, scheduler, intake, s.drain_timeout_seconds)
         source = Source(
@@ -409,13 +411,17 @@ class Daemon:
     async def _check_database(self, store: CheckpointStore) -> None:
         while True:
             try:
-                await asyncio.wait_for(store.ping(), DB_CHECK_INTERVAL_SECONDS)
+                # Bounded whatever the server does (a blackhole included): see ping().
+                await store.ping(DB_PING_TIMEOUT_SECONDS)
                 if not self.database_ok:
                     log.info("postgres_reachable")
                 self.database_ok = True
             except Exception as exc:
                 self._database_failed(exc)
-            await asyncio.sleep(DB_CHECK_INTERVAL_SECONDS)
+            # While it is down, look more often: readiness comes back soon after Postgres does.
+            await asyncio.sleep(
+                DB_CHECK_INTERVAL_SECONDS if self.database_ok else DB_RECHECK_INTERVAL_SECONDS
+            )
 
 
 class _Rebalance:

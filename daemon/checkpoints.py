@@ -35,12 +35,15 @@ from daemon.entities import Intent
 from daemon.events import EntityKey, EntityKind, RecordRef
 from daemon.metrics import Metrics
 from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
+from daemon.redaction import redact, redact_optional
 
 # Key of the session advisory lock that serialises migrate() across replicas: "pivotal" in
 # ASCII, so it is recognisable in pg_locks and unlikely to collide with another application.
 MIGRATION_LOCK_KEY = 0x7069766F74616C
 # Ordinary statements: a hung server must surface as an error, not as a silent stall.
 COMMAND_TIMEOUT_SECONDS = 30.0
+# A health ping that takes longer means "unreachable" to /readyz.
+PING_TIMEOUT_SECONDS = 2.0
 # Migrations may build indexes on big tables, and waiting replicas wait for them.
 MIGRATION_TIMEOUT_SECONDS = 600.0
 # How long close() lets borrowed connections come back before terminating the pool.
@@ -146,6 +149,7 @@ class CheckpointStore:
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._metrics = metrics
+        self._abandoned: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(
@@ -201,9 +205,32 @@ class CheckpointStore:
                     await conn.execute(QUERIES["unlock_migrations"], MIGRATION_LOCK_KEY)
         return applied
 
-    async def ping(self) -> None:
-        """Raise unless the server answers."""
-        await self._pool.fetchval(QUERIES["ping"])
+    async def ping(self, timeout_seconds: float = PING_TIMEOUT_SECONDS) -> None:
+        """Raise unless the server answers within `timeout_seconds`, whatever it does.
+
+        Not `wait_for`: cancelling a query makes asyncpg send a cancel request and wait for it,
+        and against a blackholed server that cancel waits in the same blackhole — the health
+        check then answered "fine" for as long as the outage lasted. On time-out the ping's
+        connection is terminated (its socket closed, nothing waited for) and the ping abandoned.
+        """
+        held: list[asyncpg.pool.PoolConnectionProxy[asyncpg.Record]] = []
+
+        async def ask() -> None:
+            async with self._pool.acquire() as conn:
+                held.append(conn)
+                await conn.fetchval(QUERIES["ping"])
+
+        task = asyncio.create_task(ask(), name="postgres-ping")
+        done, _ = await asyncio.wait({task}, timeout=timeout_seconds)
+        if task in done:
+            return task.result()
+        for conn in held:
+            conn.terminate()
+        task.cancel()
+        # Kept until it ends on its own, or the event loop would only hold a weak reference.
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+        raise TimeoutError(f"Postgres did not answer a ping within {timeout_seconds:g} s")
 
     async def prune_checkpoints(self, finished_before: datetime, batch_size: int = 10_000) -> int:
         """Delete checkpoint rows finished before the cutoff, in batches (short transactions,
@@ -487,9 +514,11 @@ def _dead_letter_columns(finished: Sequence[Finished]) -> list[list[Any]]:
     return [
         [_text(f.event_id) for f in finished],
         [_text(d.reason) for d in letters],
-        [_text(d.detail) for d in letters],
+        # What came back from outside may echo a secret (a gateway's error page quoting the
+        # request's Authorization header); the table is in every backup, so never store one.
+        [_text(redact(d.detail)) for d in letters],
         [d.status for d in letters],
-        [_opt_text(d.response_body) for d in letters],
+        [_opt_text(redact_optional(d.response_body)) for d in letters],
         [d.attempts for d in letters],
         [_text(f.record.topic) for f in finished],
         [f.record.partition for f in finished],

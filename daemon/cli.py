@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from daemon import signals
 from daemon.errors import ConfigError
 from daemon.version import version
 
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["run"]:
+        # First thing: a SIGTERM during imports or settings must not kill the daemon by the
+        # signal (daemon/signals.py). The tools keep Python's defaults (Ctrl-C interrupts).
+        signals.remember_early()
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from daemon import limits
 from daemon.errors import ConfigError
 from daemon.unknown_settings import closest, unknown_variables
 
@@ -170,6 +171,12 @@ class Settings(BaseSettings):
     # (a PATCH, never a duplicate: the entity map is kept).
     checkpoint_retention_days: float = Field(default=30.0, ge=0)
     slug_conflict: SlugConflictPolicy = SlugConflictPolicy.ADOPT
+    # Intake limits (daemon/limits.py): a record over one of them is dead-lettered before any
+    # request, with a reason of its own, and the partition keeps moving.
+    max_record_bytes: int = Field(default=limits.MAX_RECORD_BYTES, ge=1024)
+    max_nesting_depth: int = Field(default=limits.MAX_NESTING_DEPTH, ge=2, le=500)
+    max_field_chars: int = Field(default=limits.MAX_FIELD_CHARS, ge=1)
+    max_sequence_jump: int = Field(default=limits.MAX_SEQUENCE_JUMP, ge=1)
     # metadata.source on every record the daemon creates.
     record_source: str = "pivotal-sync"
     dry_run: bool = False
@@ -234,6 +241,14 @@ class Settings(BaseSettings):
             return self.api_key
         raise ConfigError(
             API_KEY_VARIABLE, f"not set (set it, or {API_KEY_FILE_VARIABLE} to a file holding it)"
+        )
+
+    def intake_limits(self) -> limits.Limits:
+        return limits.Limits(
+            max_record_bytes=self.max_record_bytes,
+            max_nesting_depth=self.max_nesting_depth,
+            max_field_chars=self.max_field_chars,
+            max_sequence_jump=self.max_sequence_jump,
         )
 
     def require_database_url(self) -> str:

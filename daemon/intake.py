@@ -25,6 +25,7 @@ from daemon.errors import InvalidEventError
 from daemon.events import EntityKey, EntityKind, Event, RecordRef
 from daemon.formats import Skip
 from daemon.formats.mapping import MappingFile
+from daemon.limits import Limits
 from daemon.metrics import Metrics
 from daemon.outcomes import DeadLetter, Finished, Outcome
 from daemon.postgres_outages import through_outages
@@ -51,6 +52,7 @@ class Intake:
         admitted: Admitted,
         mapping: MappingFile | None = None,
         stop: asyncio.Event | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._store = store
         # How each topic's records become events; None: the built-in contract everywhere.
@@ -63,6 +65,7 @@ class Intake:
         # Ids admitted but not durable yet: a second copy in the stream waits there.
         self._admitted = admitted
         self._stop = stop if stop is not None else asyncio.Event()
+        self._limits = limits if limits is not None else Limits()
 
     def release(self, events: Sequence[Event]) -> None:
         """Events dropped unfinished (their partition was revoked): forget we admitted them,
@@ -86,7 +89,7 @@ class Intake:
                 topic=record.topic, partition=str(record.partition)
             ).inc()
             try:
-                parsed.append((record, self._mapping.decode(record)))
+                parsed.append((record, self._parse(record)))
             except InvalidEventError as exc:
                 parsed.append((record, exc))
         ids = [self._id(record, item) for record, item in parsed]
@@ -116,8 +119,30 @@ class Intake:
             lambda: self._entities.load(self._store, keys), self._stop, "load_entities"
         )
         for event in fresh:
+            if not self._plausible(event):
+                continue
             if not self._dispatcher.submit(event):
                 self._recorder.add([self._skip(event.id, event.record, event, Outcome.STALE)])
+
+    def _parse(self, record: RecordRef) -> Event | Skip:
+        # The size is checked before decoding (a 10 MB value is never parsed), the depth and
+        # field lengths after: a hostile record is refused before any request is built.
+        self._limits.check_record(record)
+        item = self._mapping.decode(record)
+        if isinstance(item, Event):
+            self._limits.check_event(item)
+        return item
+
+    def _plausible(self, event: Event) -> bool:
+        """False (and dead-lettered) when its sequence runs implausibly far ahead of the
+        entity's history: accepted, it would make every later real update look stale."""
+        state = self._entities.get(event.entity)
+        try:
+            self._limits.check_sequence(event, None if state is None else state.last_sequence)
+        except InvalidEventError as exc:
+            self._recorder.add([self._invalid(event.id, event.record, exc)])
+            return False
+        return True
 
     @staticmethod
     def _id(record: RecordRef, item: Event | Skip | InvalidEventError) -> str:

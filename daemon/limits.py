@@ -113,6 +113,19 @@ def record_bytes(record: RecordRef) -> int:
     return size + sum(len(name) + len(value) for name, value in record.headers)
 
 
+def nesting_depth(value: Any) -> int:
+    """How deep `value` nests (a scalar is 1), measured without recursion."""
+    deepest, stack = 0, [(1, value)]
+    while stack:
+        depth, item = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((depth + 1, v) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((depth + 1, v) for v in item)
+    return deepest
+
+
 def _accepted_by_operator(record: RecordRef) -> bool:
     return any(name == ACCEPT_SEQUENCE_HEADER for name, _ in record.headers)
 

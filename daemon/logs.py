@@ -1,8 +1,9 @@
 """structlog configuration: JSON lines in containers, a readable console on a terminal.
 
 Configured once by the CLI. Every log call goes through `redact_secrets`, which replaces any
-registered secret (the API key) wherever it appears in an event dict: a key is never logged,
-even if some exception message or header dump carried it by accident.
+registered secret (the API key, the Postgres password) and any echoed HTTP credential wherever
+it appears in an event dict (daemon/redaction.py): a key is never logged, even if some
+exception message or header dump carried it by accident.
 """
 
 from __future__ import annotations
@@ -16,41 +17,18 @@ from typing import Any, TextIO
 import structlog
 
 from daemon.config import LogFormat
+from daemon.redaction import REDACTED, redact_any, register_secret
 
-REDACTED = "[redacted]"
+__all__ = ["REDACTED", "RepeatFilter", "configure", "redact_secrets", "register_secret"]
+
 # A third-party message repeated within this many seconds is dropped (and counted).
 REPEAT_INTERVAL_SECONDS = 30.0
-# Secrets registered at start-up; module state because structlog processors are global too.
-_secrets: set[str] = set()
-
-
-def register_secret(value: str) -> None:
-    """Make `redact_secrets` scrub `value` from every future log line."""
-    if value:
-        _secrets.add(value)
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        for secret in _secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_scrub(v) for v in value)
-    if isinstance(value, BaseException):
-        return _scrub(repr(value))
-    return value
 
 
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    if not _secrets:
-        return event_dict
-    return {key: _scrub(value) for key, value in event_dict.items()}
+    return {key: redact_any(value) for key, value in event_dict.items()}
 
 
 class RepeatFilter(logging.Filter):

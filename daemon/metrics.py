@@ -24,6 +24,7 @@ from prometheus_client import (
 )
 
 from daemon.events import EntityKind
+from daemon.limits import LIMIT_REASONS
 from daemon.outcomes import Outcome
 from daemon.version import python_version, version
 
@@ -52,6 +53,7 @@ DEAD_LETTER_REASONS = (
     "http_400",
     "http_404",
     "http_409",
+    *LIMIT_REASONS,
 )
 # Latency buckets for a SaaS API: tens of ms to the 10 s client timeout.
 DURATION_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -44,6 +44,25 @@ def register_dsn_password(dsn: str | None) -> None:
         register_secret(unquote(password))
 
 
+# Every setting that holds a secret (daemon/config.py), as pydantic SecretStr.
+SECRET_SETTINGS = (
+    "api_key",
+    "kafka_sasl_password",
+    "kafka_ssl_key_password",
+    "kafka_oauth_client_secret",
+    "database_password",
+)
+
+
+def register_settings(settings: Any) -> None:
+    """Register every secret of `settings`, and the password inside the database URL."""
+    for name in SECRET_SETTINGS:
+        secret = getattr(settings, name, None)
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    register_dsn_password(getattr(settings, "database_url", None))
+
+
 def registered() -> Iterable[str]:
     """The registered secrets (for tests that scan output for them)."""
     return frozenset(_secrets)

@@ -18,6 +18,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from daemon import signals
 from daemon.backoff import Backoff, Stopped, retry
 from daemon.config import Settings
 from daemon.events import RecordRef
@@ -120,7 +121,7 @@ class Source:
 
         try:
             consumer = await retry(
-                self._connect,
+                lambda: self._connect(stop),
                 retry_on=(KafkaError,),
                 backoff=self._backoff,
                 stop=stop,
@@ -135,7 +136,7 @@ class Source:
         log.info("kafka_connected", topics=self._topics, group_id=self._settings.kafka_group_id)
         return True
 
-    async def _connect(self) -> AIOKafkaConsumer:
+    async def _connect(self, stop: asyncio.Event) -> AIOKafkaConsumer:
         s = self._settings
         consumer = self._kafka.consumer(
             group_id=s.kafka_group_id,
@@ -149,9 +150,11 @@ class Source:
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
         )
         try:
-            await consumer.start()
+            # The bootstrap and first metadata request can wait ~40 s on a silent broker: a
+            # stop request must not wait with them (daemon/signals.py).
+            await signals.or_stop(consumer.start(), stop)
         except BaseException as exc:
-            await consumer.stop()
+            await self._abandon(consumer)
             if isinstance(exc, KafkaError):
                 await self._explain(exc)
             raise
@@ -168,6 +171,11 @@ class Source:
                 "kafka_unreachable", reason=self.problem, error=type(exc).__name__, **context
             )
             self._logged_problem = self.problem
+
+    @staticmethod
+    async def _abandon(consumer: AIOKafkaConsumer) -> None:
+        stopping = asyncio.create_task(consumer.stop(), name="kafka-consumer-stop")
+        await asyncio.wait({stopping}, timeout=CLOSE_STEP_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
         if self._consumer is None:

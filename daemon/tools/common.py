@@ -176,10 +176,13 @@ def error(message: str) -> None:
 
 
 def settings() -> Settings:
+    from daemon import redaction  # noqa: PLC0415
     from daemon.config import load_settings  # noqa: PLC0415
 
     settings = load_settings()
     settings.require_database_url()
+    # The tools print what Pivotal and Postgres said: the same secrets as the daemon's go.
+    redaction.register_settings(settings)
     return settings
 
 

@@ -34,6 +34,8 @@ from typing import Any
 from daemon.checkpoints import MAX_REDRIVES, CheckpointStore, DeadLetterRow, EventOutcome
 from daemon.config import Settings
 from daemon.kafka_clients import KafkaClients
+from daemon.limits import ACCEPT_SEQUENCE_HEADER, nesting_depth
+from daemon.redaction import redact_any
 from daemon.tools.common import (
     EXIT_OK,
     EXIT_PROBLEMS,
@@ -53,6 +55,8 @@ from daemon.tools.importing import Outgoing, Progress, produce
 REDRIVE_HEADER = "pivotal-sync-redrive"
 # Upper bound on the rows one `retry`/`purge --all` looks at (they page through newest first).
 MAX_ROWS = 100_000
+# `show` prints a record's value as indented JSON up to this depth, as text beyond it.
+SHOW_MAX_NESTING_DEPTH = 100
 STATES = ("open", "retrying", "resolved")
 
 
@@ -144,14 +148,15 @@ def plan_retry(candidates: Sequence[Letter], max_redrives: int = MAX_REDRIVES) -
     return plan
 
 
-def redrive_record(row: DeadLetterRow, attempt: int) -> Outgoing:
-    """The original record again, marked as redrive number `attempt`."""
-    headers = tuple(h for h in row.record.headers if h[0] != REDRIVE_HEADER)
-    return Outgoing(
-        key=row.record.key,
-        value=row.record.value,
-        headers=(*headers, (REDRIVE_HEADER, str(attempt).encode())),
-    )
+def redrive_record(row: DeadLetterRow, attempt: int, *, accept_sequence: bool = False) -> Outgoing:
+    """The original record again, marked as redrive number `attempt` (and, on the operator's
+    word, as exempt from the sequence bound of daemon/limits.py)."""
+    ours = (REDRIVE_HEADER, ACCEPT_SEQUENCE_HEADER)
+    headers = [h for h in row.record.headers if h[0] not in ours]
+    headers.append((REDRIVE_HEADER, str(attempt).encode()))
+    if accept_sequence:
+        headers.append((ACCEPT_SEQUENCE_HEADER, b"1"))
+    return Outgoing(key=row.record.key, value=row.record.value, headers=tuple(headers))
 
 
 @dataclass
@@ -168,6 +173,7 @@ async def retry(
     *,
     max_redrives: int = MAX_REDRIVES,
     progress: Progress | None = None,
+    accept_sequence: bool = False,
 ) -> RetryResult:
     """Claim, forget, produce (see the module docstring for why in this order)."""
     result = RetryResult()
@@ -187,7 +193,7 @@ async def retry(
         by_topic: dict[str, list[Outgoing]] = {}
         for row in result.sent:
             by_topic.setdefault(row.record.topic, []).append(
-                redrive_record(row, row.retry_count + 1)
+                redrive_record(row, row.retry_count + 1, accept_sequence=accept_sequence)
             )
         for topic, records in by_topic.items():
             await produce(kafka, topic, records, progress)
@@ -286,7 +292,12 @@ def run_retry(args: argparse.Namespace) -> int:
             else:
                 bar = ProgressBar("redriven", enabled=not args.json)
                 result = await retry(
-                    config, store, plan, max_redrives=args.max_redrives, progress=bar
+                    config,
+                    store,
+                    plan,
+                    max_redrives=args.max_redrives,
+                    progress=bar,
+                    accept_sequence=args.accept_sequence,
                 )
                 bar.close()
         if args.json:
@@ -348,17 +359,23 @@ def letter_json(letter: Letter, *, full: bool) -> dict[str, Any]:
             "headers": {k: v.decode("utf-8", "replace") for k, v in row.record.headers},
             "value": _value(row.record.value),
         }
-    return data
+    # Rows stored before redaction existed may still hold a secret: never print one.
+    redacted: dict[str, Any] = redact_any(data)
+    return redacted
 
 
 def _value(value: bytes | None) -> Any:
+    """The record's value as JSON when it can be shown as JSON, as text otherwise."""
     if value is None:
         return None
     text = value.decode("utf-8", "replace")
     try:
-        return json.loads(text)
-    except ValueError:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
         return text
+    # The indenting encoder recurses: a record nested hundreds of levels deep (the kind that is
+    # dead-lettered as too_deep) would crash `show` with a RecursionError. Show it as text.
+    return parsed if nesting_depth(parsed) <= SHOW_MAX_NESTING_DEPTH else text
 
 
 def render_letters(found: list[Letter]) -> str:
@@ -465,6 +482,11 @@ def add_parser(commands: Any) -> None:  # argparse's subparsers action has no pu
         type=positive_int,
         default=MAX_REDRIVES,
         help=f"refuse events redriven this often already ({MAX_REDRIVES})",
+    )
+    retry.add_argument(
+        "--accept-sequence",
+        action="store_true",
+        help="apply a sequence_implausible event anyway (the producer really jumped ahead)",
     )
     retry.add_argument("--json", action="store_true", help="machine-readable output")
     retry.set_defaults(handler=run_retry, state=None)
