@@ -8,7 +8,7 @@ body encoder, the dead-letter tools); a `sequence` of 2^63-1 makes every later r
 its entity look stale, for good.
 
     check_record(record)              size, before the value is decoded
-    check_event(event)                nesting depth and string length of the fields
+    check_event(event)                nesting depth, string length, what JSON cannot carry
     check_sequence(event, applied)    a sequence implausibly far ahead of the entity's history
 
 The numbers are settings (`PIVOTAL_SYNC_MAX_*`, daemon/config.py); the defaults below are far
@@ -17,6 +17,7 @@ above any real CRM change event and far below what breaks something.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,9 @@ class Limits:
                     f"{_clip(path, 120)} is nested more than {self.max_nesting_depth} levels deep "
                     "(PIVOTAL_SYNC_MAX_NESTING_DEPTH)",
                 )
+            problem = _unsendable(value)
+            if problem:
+                raise InvalidEventError("invalid_field", f"{_clip(path, 120)}: {problem}")
             longest = _longest_string(value)
             if longest > self.max_field_chars:
                 raise InvalidEventError(
@@ -141,6 +145,21 @@ def _walk(fields: Mapping[str, Any]) -> Iterator[tuple[str, int, Any]]:
             stack.extend((f"{path}.{_clip(str(k))}", depth + 1, v) for k, v in value.items())
         elif isinstance(value, list):
             stack.extend((f"{path}[{i}]", depth + 1, v) for i, v in enumerate(value))
+
+
+def _unsendable(value: Any) -> str | None:
+    """What JSON text cannot carry although the decoder produced it: 1e400 decodes to
+    infinity (the encoder would write `Infinity`, which is not JSON), and "\\ud800" to a lone
+    surrogate (no UTF-8 encoding exists, so building the request would fail)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a number beyond the range of a double"
+    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
+    for text in texts:
+        try:
+            str(text).encode("utf-8")
+        except UnicodeEncodeError:
+            return "not valid Unicode (a lone surrogate)"
+    return None
 
 
 def _longest_string(value: Any) -> int:

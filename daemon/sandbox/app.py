@@ -152,8 +152,15 @@ class Pipeline:
         except _Dropped:
             self._log(exchange, DROPPED_STATUS)
             return Response(status_code=500)  # never sent: the connection is gone
+        except _HtmlError as error:
+            # A gateway's page: no JSON, no rate-limit headers, nothing counted as answered.
+            self._log(exchange, error.status)
+            page = _gateway_page(error.status, request, sandbox.faults.settings.echo_authorization)
+            return Response(page, error.status, media_type="text/html")
         except ApiError as error:
             status, content = error.status, error.body(sandbox.config.error_codes)
+            if sandbox.faults.settings.echo_authorization:
+                content = _with_echo(content, request)
             if isinstance(error, _RateLimited):
                 exchange.extra["retry-after"] = str(error.retry_after)
             elif isinstance(error, _Unauthorized):
@@ -177,6 +184,8 @@ class Pipeline:
         if injecting:
             error_status = faults.error_status()
             if error_status is not None:
+                if faults.settings.html_errors:
+                    raise _HtmlError(error_status)
                 raise _injected_error(error_status)
             if not faults.settings.drop_after_commit and faults.drop():
                 await _drop(request.scope)
@@ -304,6 +313,27 @@ class Pipeline:
             body=exchange.body,
         )
         self.sandbox.stats.record(entry, key.spec.key if key is not None else None)
+
+
+class _HtmlError(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def _gateway_page(status: int, request: Request, echo: bool) -> bytes:
+    quoted = ""
+    if echo:
+        quoted = f"<pre>Authorization: {request.headers.get('authorization', '')}</pre>"
+    return (
+        f"<html><head><title>{status} Service Unavailable</title></head><body>"
+        f"<h1>{status} Service Unavailable</h1>{quoted}<hr>gateway</body></html>"
+    ).encode()
+
+
+def _with_echo(content: bytes, request: Request) -> bytes:
+    document = json.loads(content)
+    document["request"] = {"headers": {"authorization": request.headers.get("authorization")}}
+    return dumps(document)
 
 
 def _injected_error(status: int) -> ApiError:

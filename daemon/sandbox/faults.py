@@ -33,6 +33,12 @@ class FaultSettings:
     storm_retry_after: int = 0  # while a storm lasts, every request → 429 with this Retry-After
     storm_until: float = 0.0  # Unix time the storm ends
     endpoints: tuple[str, ...] = ()  # only these route templates (e.g. "POST /customers")
+    # Injected errors come back as a gateway's HTML page, without JSON and without rate-limit
+    # headers (what a load balancer in front of the API answers when the API is down).
+    html_errors: bool = False
+    # Every error answer quotes the request's Authorization header in its body (gateways and
+    # debugging proxies do this): a client must never store or log such a body verbatim.
+    echo_authorization: bool = False
     seed: int | None = None  # makes error_rate, drop_rate and jitter reproducible
 
     @classmethod
@@ -65,6 +71,8 @@ class FaultSettings:
             raise ValueError("error_status is 500 or 503")
         if self.latency_distribution not in ("uniform", "normal"):
             raise ValueError("latency_distribution is uniform or normal")
+        if not isinstance(self.html_errors, bool) or not isinstance(self.echo_authorization, bool):
+            raise ValueError("html_errors and echo_authorization are booleans")
         if min(self.latency_ms, self.latency_jitter_ms, self.fail_next, self.drop_next) < 0:
             raise ValueError("latencies and counts cannot be negative")
 

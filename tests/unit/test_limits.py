@@ -168,3 +168,28 @@ def test_the_operator_header_accepts_an_implausible_sequence() -> None:
 def test_an_event_without_sequence_is_never_implausible() -> None:
     """No sequence, nothing to bound."""
     LIMITS.check_sequence(event({}), 10**18)
+
+
+def test_a_number_beyond_double_range_is_an_invalid_field() -> None:
+    """1e400 decodes to infinity, which no JSON request body can carry."""
+    value = b'{"specversion":"1.0","id":"e","source":"s","type":"customer.updated",'
+    value += b'"subject":"cus_1","data":{"mrr":1e400}}'
+    with pytest.raises(InvalidEventError) as caught:
+        LIMITS.check_event(parse_record(record(value)))
+    assert caught.value.reason == "invalid_field"
+    assert "data.mrr" in caught.value.detail
+
+
+def test_a_lone_surrogate_in_a_value_or_a_key_is_an_invalid_field() -> None:
+    """A lone surrogate decodes but has no UTF-8 form: refused before a request is built."""
+    for data in (b'{"name":"a\\ud800b"}', b'{"metadata":{"\\udfff":1}}'):
+        value = b'{"specversion":"1.0","id":"e","source":"s","type":"customer.updated",'
+        value += b'"subject":"cus_1","data":' + data + b"}"
+        assert reason_of(lambda v=value: LIMITS.check_event(parse_record(record(v)))) == (
+            "invalid_field"
+        )
+
+
+def test_a_surrogate_pair_rtl_and_zero_width_characters_pass() -> None:
+    """Real Unicode is data, however odd it looks: an emoji, Arabic, a zero-width joiner."""
+    LIMITS.check_event(event({"name": "\U0001f600 \u0645\u0631\u062d\u0628\u0627 a\u200db\u202e"}))

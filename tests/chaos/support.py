@@ -1,0 +1,142 @@
+"""What the chaos scenarios share: publishing odd records, running the CLI, reading results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from daemon.cli import main as cli_main
+from devtools.local_stack import daemon_env
+from devtools.sample_stream import ExpectedState
+from tests.chaos.corpus import Item
+from tests.chaos.table import Row
+from tests.e2e.conftest import E2E_KEY, Scenario
+
+# Large enough for the 10 MB corpus item (aiokafka's default refuses anything above 1 MB).
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+async def publish_items(s: Scenario, items: Sequence[Item]) -> None:
+    """Publish in order, headers included; the scenario learns the partitions' ends."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=s.broker.bootstrap_servers, acks="all", max_request_size=MAX_REQUEST_BYTES
+    )
+    await producer.start()
+    try:
+        for item in items:
+            meta = await producer.send_and_wait(
+                s.topic, key=item.key, value=item.value, headers=list(item.headers)
+            )
+            s.ends[meta.partition] = max(s.ends.get(meta.partition, 0), meta.offset + 1)
+    finally:
+        await producer.stop()
+
+
+def expect_items(expected: ExpectedState, items: Sequence[Item]) -> Counter[str]:
+    """Add the synced items to `expected`; the dead-letter reasons the others must get."""
+    for item in items:
+        if item.dead is None:
+            fields = dict(item.synced)
+            if "metadata" in fields:
+                # The daemon adds the trace to every record it creates (daemon/dispatcher.py).
+                trace = {"external_id": item.external_id, "source": "pivotal-sync"}
+                fields["metadata"] = {**fields["metadata"], **trace}
+            expected.customers[item.external_id] = {"customer": item.external_id, **fields}
+    return Counter(item.dead for item in items if item.dead is not None)
+
+
+def cli(s: Scenario, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """`pivotal-sync ARGS` with the scenario's environment, as an operator runs it."""
+    env = daemon_env(
+        bootstrap_servers=s.broker.bootstrap_servers,
+        topic=s.topic,
+        group_id=s.group,
+        database_url=s.database_url,
+        api_url=f"{s.sandbox_url}/api/v1",
+        api_key=E2E_KEY,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def cli_in_process(s: Scenario, *args: str) -> tuple[int, str]:
+    """The same CLI, in this process (a subprocess costs ~2 s of imports per call): its exit
+    code and what it printed. Run in a thread: the command runs its own event loop."""
+    env = daemon_env(
+        bootstrap_servers=s.broker.bootstrap_servers,
+        topic=s.topic,
+        group_id=s.group,
+        database_url=s.database_url,
+        api_url=f"{s.sandbox_url}/api/v1",
+        api_key=E2E_KEY,
+    )
+
+    def run() -> tuple[int, str]:
+        out = io.StringIO()
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            with contextlib.redirect_stdout(out):
+                code = cli_main(list(args))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return code, out.getvalue()
+
+    return await asyncio.to_thread(run)
+
+
+def cli_json(s: Scenario, *args: str) -> Any:
+    done = cli(s, *args, "--json")
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+async def dead_letter_reasons(s: Scenario) -> Counter[str]:
+    async with await s.store() as store:
+        summary = await store.summary()
+    return Counter(summary.dead_letters)
+
+
+def row(
+    s: Scenario,
+    name: str,
+    fault: str,
+    *,
+    events: int,
+    problems: list[str],
+    dead: Counter[str],
+    started: float,
+    exit_code: int | None,
+) -> Row:
+    """A table row from a finished scenario: lost = missing or wrong entities, duplicates =
+    entities created twice (the sandbox's own duplicate-request log counts too)."""
+    lost = sum(1 for p in problems if "is missing" in p or "expected" in p)
+    duplicates = sum(1 for p in problems if "times" in p) + len(s.admin.stats()["duplicates"])
+    return Row(
+        scenario=name,
+        fault=fault,
+        events=events,
+        lost=lost,
+        duplicates=duplicates,
+        dead_letters=dead,
+        catch_up_seconds=round(time.monotonic() - started, 1),
+        exit_code=exit_code,
+    )
