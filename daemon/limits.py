@@ -7,7 +7,7 @@ levels deep decodes, then fails with a `RecursionError` wherever it is walked ag
 body encoder, the dead-letter tools); a `sequence` of 2^63-1 makes every later real update of
 its entity look stale, for good.
 
-    check_record(record)              size, before the value is decoded
+    check_record(record)              size and gross nesting, before the value is decoded
     check_event(event)                nesting depth, string length, what JSON cannot carry
     check_sequence(event, applied)    a sequence implausibly far ahead of the entity's history
 
@@ -18,6 +18,7 @@ above any real CRM change event and far below what breaks something.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,13 +62,30 @@ class Limits:
     max_sequence_jump: int = MAX_SEQUENCE_JUMP
 
     def check_record(self, record: RecordRef) -> None:
-        """Refuse a record heavier than `max_record_bytes` before its value is decoded."""
+        """Refuse a record heavier than `max_record_bytes`, or nested far too deep, before its
+        value is decoded."""
         size = record_bytes(record)
         if size > self.max_record_bytes:
             raise InvalidEventError(
                 "record_too_large",
                 f"record is {size:,} bytes; the limit is {self.max_record_bytes:,} "
                 "(PIVOTAL_SYNC_MAX_RECORD_BYTES)",
+            )
+        self.check_raw_depth(record)
+
+    def check_raw_depth(self, record: RecordRef) -> None:
+        """Refuse a value nested far deeper than allowed before it is decoded: whether CPython's
+        decoder takes ~1,000 levels depends on how deep the stack already is, so a document
+        near that depth would decode in one place and break the encoders in another."""
+        if record.value is None:
+            return
+        depth = raw_nesting_depth(record.value)
+        # +2: the envelope object and `data` itself; check_event applies the exact limit.
+        if depth > self.max_nesting_depth + 2:
+            raise InvalidEventError(
+                "too_deep",
+                f"the value is nested {depth} levels deep; `data` may nest "
+                f"{self.max_nesting_depth} (PIVOTAL_SYNC_MAX_NESTING_DEPTH)",
             )
 
     def check_event(self, event: Event) -> None:
@@ -109,6 +127,34 @@ class Limits:
                 f"last applied ({applied}) (PIVOTAL_SYNC_MAX_SEQUENCE_JUMP); "
                 "`dead-letters retry --accept-sequence` applies it anyway",
             )
+
+
+_STRUCTURE = re.compile(rb'["\\\[\]{}]')
+
+
+def raw_nesting_depth(value: bytes) -> int:
+    """The deepest bracket nesting of JSON text, strings skipped, without decoding it. Visits
+    only quotes, backslashes and brackets, so a megabyte of text costs little."""
+    deepest = depth = 0
+    in_string = False
+    escaped_at = -1
+    for match in _STRUCTURE.finditer(value):
+        position, char = match.start(), match.group()
+        if position == escaped_at:
+            continue
+        if in_string:
+            if char == b"\\":
+                escaped_at = position + 1
+            elif char == b'"':
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 def record_bytes(record: RecordRef) -> int:

@@ -88,12 +88,20 @@ def redact_optional(text: str | None) -> str | None:
 
 def redact_any(value: Any) -> Any:
     """`redact` applied to every string inside `value` (dicts, lists, tuples, exceptions)."""
+    try:
+        return _redact_any(value)
+    except RecursionError:
+        # Never crash the caller (a log line, a tool's output) over something nested absurdly.
+        return "[not shown: nested too deep]"
+
+
+def _redact_any(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: redact_any(v) for k, v in value.items()}
+        return {k: _redact_any(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(redact_any(v) for v in value)
+        return type(value)(_redact_any(v) for v in value)
     if isinstance(value, BaseException):
         return redact(repr(value))
     return value

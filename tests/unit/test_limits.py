@@ -15,6 +15,7 @@ from daemon.limits import (
     MAX_NESTING_DEPTH,
     MAX_SEQUENCE_JUMP,
     Limits,
+    raw_nesting_depth,
     record_bytes,
 )
 
@@ -193,3 +194,15 @@ def test_a_lone_surrogate_in_a_value_or_a_key_is_an_invalid_field() -> None:
 def test_a_surrogate_pair_rtl_and_zero_width_characters_pass() -> None:
     """Real Unicode is data, however odd it looks: an emoji, Arabic, a zero-width joiner."""
     LIMITS.check_event(event({"name": "\U0001f600 \u0645\u0631\u062d\u0628\u0627 a\u200db\u202e"}))
+
+
+def test_gross_nesting_is_refused_before_decoding_whatever_the_stack_depth() -> None:
+    """5,000 levels never reach the decoder: too_deep, not a RecursionError or invalid_json."""
+    value = b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert reason_of(lambda: LIMITS.check_record(record(value))) == "too_deep"
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    """Quoted brackets and escaped quotes are text, not structure."""
+    assert raw_nesting_depth(b'{"a": "[[[[\\"[[[[", "b": [1]}') == 2
+    assert raw_nesting_depth(b'["\\\\", [[]]]') == 3

@@ -68,3 +68,11 @@ def test_redact_any_walks_structures_and_exceptions() -> None:
     """Nested dicts, lists, tuples and exception objects are scrubbed."""
     scrubbed = redact_any({"a": [KEY, (KEY,)], "error": RuntimeError(f"key {KEY}")})
     assert KEY not in repr(scrubbed)
+
+
+def test_a_structure_too_deep_to_walk_is_replaced_not_raised() -> None:
+    """A log call or a tool's output never crashes on an absurdly nested value."""
+    value: list[object] = []
+    for _ in range(5000):
+        value = [value]
+    assert redact_any({"v": value}) == "[not shown: nested too deep]"
