@@ -11,7 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_NAME_CHARS = 200  # the sandbox rule that makes a long name a 400 (a field Pivotal refuses)
+# The sandbox rule that makes a long name a 400 (a field Pivotal refuses).
+MAX_NAME_CHARS = 200
+INTERNAL_ERROR_ENTITY = "hostile_internal_exception"
 
 
 @dataclass(frozen=True)
@@ -108,4 +110,9 @@ def corpus() -> list[Item]:
             {"name": "\u202eevil\u202c \u0645\u0631\u062d\u0628\u0627 a\u200bb\ufeff"},
         ),
         _item("refused_field", {"name": "n" * (MAX_NAME_CHARS + 1)}, dead="http_400"),
+        # The daemon runs with INJECT_INTERNAL_ERROR (tests/chaos/support.py): a bug only this
+        # record meets.
+        _item(
+            INTERNAL_ERROR_ENTITY.removeprefix("hostile_"), {"name": "bug"}, dead="internal_error"
+        ),
     ]

@@ -19,9 +19,28 @@ from aiokafka import AIOKafkaProducer
 from daemon.cli import main as cli_main
 from devtools.local_stack import daemon_env
 from devtools.sample_stream import ExpectedState
-from tests.chaos.corpus import Item
+from tests.chaos.corpus import INTERNAL_ERROR_ENTITY, Item
 from tests.chaos.table import Row
 from tests.e2e.conftest import E2E_KEY, Scenario
+
+# A daemon whose request builder has a bug that only one entity meets: the "record that
+# triggers an internal exception". Injected here, by the test, never in the product.
+INJECT_INTERNAL_ERROR = f"""
+import sys
+from daemon import dispatcher
+from daemon.cli import main
+
+original = dispatcher.Dispatcher._body
+
+def _body(self, work, *, creating):
+    if work.entity.external_id == {INTERNAL_ERROR_ENTITY!r}:
+        raise RuntimeError("injected: a bug that only this record meets")
+    return original(self, work, creating=creating)
+
+dispatcher.Dispatcher._body = _body
+sys.exit(main())
+"""
+WITH_INJECTED_BUG = (sys.executable, "-c", INJECT_INTERNAL_ERROR)
 
 # Large enough for the 10 MB corpus item (aiokafka's default refuses anything above 1 MB).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
