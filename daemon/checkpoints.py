@@ -47,7 +47,7 @@ PING_TIMEOUT_SECONDS = 2.0
 # Migrations may build indexes on big tables, and waiting replicas wait for them.
 MIGRATION_TIMEOUT_SECONDS = 600.0
 # How long close() lets borrowed connections come back before terminating the pool.
-CLOSE_TIMEOUT_SECONDS = 10.0
+CLOSE_TIMEOUT_SECONDS = 3.0
 # A dead letter redriven this many times is not redriven again (a poison event cannot loop).
 MAX_REDRIVES = 3
 
@@ -161,11 +161,18 @@ class CheckpointStore:
         )
         return cls(pool, metrics)
 
+    def terminate(self) -> None:
+        """Close every connection now, queries in flight included (they fail)."""
+        self._pool.terminate()
+
     async def close(self) -> None:
-        try:
-            await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_SECONDS)
-        except TimeoutError:
+        # A graceful close waits for every connection to be released; one stuck in a silent
+        # server never is, so after the time-out every socket is closed without a goodbye.
+        closing = asyncio.create_task(self._pool.close())
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_SECONDS)
+        if not done:
             self._pool.terminate()
+            await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_SECONDS)
 
     async def __aenter__(self) -> Self:
         return self

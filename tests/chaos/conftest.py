@@ -8,16 +8,14 @@ tests/fixtures/fault_proxy.py (network) and the sandbox's /_sandbox/faults (the 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from tests.chaos.support import FULL
 from tests.chaos.table import ROWS, Row, render_table
 from tests.e2e.conftest import scenario  # noqa: F401 - the e2e scenario fixture, shared
 
-FULL_VARIABLE = "PIVOTAL_SYNC_CHAOS"
 # The long scenarios run under `make chaos` only: the normal suite's time budget is shared.
-collect_ignore_glob = [] if os.environ.get(FULL_VARIABLE) == "full" else ["test_long_*.py"]
+collect_ignore_glob = [] if FULL else ["test_long_*.py"]
 
 
 @pytest.fixture

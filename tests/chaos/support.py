@@ -23,6 +23,10 @@ from tests.chaos.corpus import INTERNAL_ERROR_ENTITY, Item
 from tests.chaos.table import Row
 from tests.e2e.conftest import E2E_KEY, Scenario
 
+# `make chaos` sets this: the long scenarios run, and the short ones try more moments.
+FULL_VARIABLE = "PIVOTAL_SYNC_CHAOS"
+FULL = os.environ.get(FULL_VARIABLE) == "full"
+
 # A daemon whose request builder has a bug that only one entity meets: the "record that
 # triggers an internal exception". Injected here, by the test, never in the product.
 INJECT_INTERNAL_ERROR = f"""
