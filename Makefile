@@ -6,13 +6,14 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help env test lint format demo bench dashboard sync-rules clean
+.PHONY: help env test lint format demo bench chaos dashboard sync-rules clean
 
 help:
 	@echo "make demo   - run the daemon end to end on local stand-ins (broker, Postgres, sandbox)"
 	@echo "make test   - run the whole test suite (starts and stops everything it needs)"
 	@echo "make lint   - ruff, ruff format --check, mypy --strict"
 	@echo "make bench  - the benchmarks under bench/"
+	@echo "make chaos  - every fault scenario and the hostile-input corpus, and their table"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -42,6 +43,11 @@ demo: env
 
 bench: env
 	$(RUN) python scripts/run_clean.py -- python -m bench $(BENCH_ARGS)
+
+# The whole chaos suite (the normal test run has its short form); prints the table that
+# docs/reliability.md keeps. About ten minutes.
+chaos: env
+	PIVOTAL_SYNC_CHAOS=full $(RUN) python scripts/run_clean.py -- python -m pytest tests/chaos $(PYTEST_ARGS)
 
 # The dashboard is generated: edit devtools/dashboard.py, then run this.
 dashboard: env
