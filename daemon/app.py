@@ -35,6 +35,7 @@ from daemon.intake import Intake
 from daemon.kafka_clients import KafkaClients
 from daemon.metrics import Metrics
 from daemon.pivotal import PivotalClient
+from daemon.postgres_outages import through_outages
 from daemon.progress import Progress
 from daemon.quota_ledger import PostgresLedger, SharedPacer, key_hash
 from daemon.ratelimit import RateLimiter
@@ -191,7 +192,11 @@ class Daemon:
         self.store = store
         try:
             try:
-                await signals.or_stop(store.migrate(), self.stop)
+                # A database that answers but refuses the DDL (read-only during a failover,
+                # statement time-outs) is an outage too: wait it out instead of crash-looping.
+                await through_outages(
+                    lambda: signals.or_stop(store.migrate(), self.stop), self.stop, "migrate"
+                )
             except Stopped:
                 return 0
             return await self._pipeline(store)

@@ -17,11 +17,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
-from devtools.local_services import Broker, free_port
+from devtools.local_services import Broker, database_dsn, free_port
 from devtools.local_stack import DaemonProcess
 from devtools.sample_stream import StreamSpec, generate
 from tests.chaos.support import cli_json, dead_letter_reasons, row
@@ -233,9 +234,11 @@ async def test_postgres_refusing_writes(
 
 async def database_setting(s: Scenario, clause: str) -> None:
     """ALTER DATABASE … for new sessions, and end the daemon's sessions so they take it."""
-    conn = await asyncpg.connect(s.database_url)
+    # From another database: a session in this one would take the setting itself, and then
+    # could not undo it (a read-only transaction cannot run ALTER DATABASE).
+    name = urlsplit(s.database_url).path.lstrip("/")
+    conn = await asyncpg.connect(database_dsn(s.database_url, "postgres"))
     try:
-        name = await conn.fetchval("SELECT current_database()")
         await conn.execute(f'ALTER DATABASE "{name}" {clause}')
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
