@@ -47,7 +47,7 @@ bench: env
 # The whole chaos suite (the normal test run has its short form); prints the table that
 # docs/reliability.md keeps. About ten minutes.
 chaos: env
-	PIVOTAL_SYNC_CHAOS=full $(RUN) python scripts/run_clean.py -- python -m pytest tests/chaos $(PYTEST_ARGS)
+	PIVOTAL_SYNC_TEST_CHAOS=full $(RUN) python scripts/run_clean.py -- python -m pytest tests/chaos $(PYTEST_ARGS)
 
 # The dashboard is generated: edit devtools/dashboard.py, then run this.
 dashboard: env

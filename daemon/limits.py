@@ -33,6 +33,8 @@ MAX_RECORD_BYTES = 1024 * 1024
 MAX_NESTING_DEPTH = 32
 # One string value anywhere in `data` (a name, a note, a metadata leaf), in characters.
 MAX_FIELD_CHARS = 64 * 1024
+# Levels a record's envelope adds above its fields (Debezium: {"payload": {"after": …}}).
+ENVELOPE_LEVELS = 4
 # How far one update may move an entity's `sequence` past the last one applied. 10^17 is over
 # three years of nanosecond timestamps, three thousand years of microseconds: only a broken or
 # hostile producer jumps further.
@@ -80,8 +82,9 @@ class Limits:
         if record.value is None:
             return
         depth = raw_nesting_depth(record.value)
-        # +2: the envelope object and `data` itself; check_event applies the exact limit.
-        if depth > self.max_nesting_depth + 2:
+        # The envelope's levels (a CloudEvent and its `data`, or Debezium's `payload` and
+        # `after`) come on top; check_event applies the exact limit to the decoded fields.
+        if depth > self.max_nesting_depth + ENVELOPE_LEVELS:
             raise InvalidEventError(
                 "too_deep",
                 f"the value is nested {depth} levels deep; `data` may nest "

@@ -1,9 +1,10 @@
 """The chaos suite: the real daemon against faults and hostile input, each scenario ending in
 the exact expected Pivotal state, and a table of what happened.
 
-`make chaos` runs every scenario (PIVOTAL_SYNC_CHAOS=full) and prints the table; the normal test
-run collects only the short form (the modules not named `test_long_*`). Faults come from
-tests/fixtures/fault_proxy.py (network) and the sandbox's /_sandbox/faults (the API's answers).
+`make chaos` runs every scenario (PIVOTAL_SYNC_TEST_CHAOS=full) and prints the table; the
+normal test run collects only the short form (the modules not named `test_long_*`). Faults come
+from tests/fixtures/fault_proxy.py (network) and the sandbox's /_sandbox/faults (the API's
+answers).
 """
 
 from __future__ import annotations

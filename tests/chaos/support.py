@@ -24,7 +24,7 @@ from tests.chaos.table import Row
 from tests.e2e.conftest import E2E_KEY, Scenario
 
 # `make chaos` sets this: the long scenarios run, and the short ones try more moments.
-FULL_VARIABLE = "PIVOTAL_SYNC_CHAOS"
+FULL_VARIABLE = "PIVOTAL_SYNC_TEST_CHAOS"
 FULL = os.environ.get(FULL_VARIABLE) == "full"
 
 # A daemon whose request builder has a bug that only one entity meets: the "record that

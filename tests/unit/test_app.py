@@ -239,7 +239,7 @@ class FlakyPing:
         self.down = False
         self.pings = 0
 
-    async def ping(self) -> None:
+    async def ping(self, timeout_seconds: float = 2.0) -> None:
         self.pings += 1
         if self.down:
             raise OSError("connection refused")
@@ -248,6 +248,7 @@ class FlakyPing:
 @pytest.fixture
 def fast_database_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(daemon.app, "DB_CHECK_INTERVAL_SECONDS", 0.001)
+    monkeypatch.setattr(daemon.app, "DB_RECHECK_INTERVAL_SECONDS", 0.001)
 
 
 async def wait_for_pings(ping: FlakyPing, count: int) -> None:
