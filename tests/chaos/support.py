@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -16,7 +13,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from daemon.cli import main as cli_main
 from devtools.local_stack import daemon_env
 from devtools.sample_stream import ExpectedState
 from tests.chaos.corpus import INTERNAL_ERROR_ENTITY, Item
@@ -81,6 +77,12 @@ def expect_items(expected: ExpectedState, items: Sequence[Item]) -> Counter[str]
 
 def cli(s: Scenario, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     """`pivotal-sync ARGS` with the scenario's environment, as an operator runs it."""
+    return cli_process(s, ["-m", "daemon.cli", *args], timeout)
+
+
+def cli_process(
+    s: Scenario, python_args: Sequence[str], timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
     env = daemon_env(
         bootstrap_servers=s.broker.bootstrap_servers,
         topic=s.topic,
@@ -90,7 +92,7 @@ def cli(s: Scenario, *args: str, timeout: float = 120.0) -> subprocess.Completed
         api_key=E2E_KEY,
     )
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, *python_args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -99,31 +101,30 @@ def cli(s: Scenario, *args: str, timeout: float = 120.0) -> subprocess.Completed
     )
 
 
-async def cli_in_process(s: Scenario, *args: str) -> tuple[int, str]:
-    """The same CLI, in this process (a subprocess costs ~2 s of imports per call): its exit
-    code and what it printed. Run in a thread: the command runs its own event loop."""
-    env = daemon_env(
-        bootstrap_servers=s.broker.bootstrap_servers,
-        topic=s.topic,
-        group_id=s.group,
-        database_url=s.database_url,
-        api_url=f"{s.sandbox_url}/api/v1",
-        api_key=E2E_KEY,
-    )
-
-    def run() -> tuple[int, str]:
-        out = io.StringIO()
-        saved = dict(os.environ)
-        os.environ.update(env)
+# Runs several CLI commands in one process (a process costs ~2 s of imports): each in the main
+# thread, as the CLI expects (its signal handling needs it), printing a JSON list of
+# [exit code, output] at the end.
+_BATCH = """
+import contextlib, io, json, sys
+from daemon.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
         try:
-            with contextlib.redirect_stdout(out):
-                code = cli_main(list(args))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        return code, out.getvalue()
+            code = main(args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    results.append([code, out.getvalue()])
+print(json.dumps(results))
+"""
 
-    return await asyncio.to_thread(run)
+
+def cli_batch(s: Scenario, commands: Sequence[Sequence[str]]) -> list[tuple[int, str]]:
+    """Each `pivotal-sync ARGS` of `commands`, in one process: exit codes and outputs."""
+    done = cli_process(s, ["-c", _BATCH, json.dumps([list(c) for c in commands])])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [(code, out) for code, out in json.loads(done.stdout)]
 
 
 def cli_json(s: Scenario, *args: str) -> Any:

@@ -25,7 +25,7 @@ from tests.chaos.corpus import MAX_NAME_CHARS, Item, corpus
 from tests.chaos.support import (
     WITH_INJECTED_BUG,
     cli,
-    cli_in_process,
+    cli_batch,
     cli_json,
     dead_letter_reasons,
     expect_items,
@@ -134,14 +134,15 @@ async def test_every_hostile_record_costs_one_dead_letter_and_the_key_is_stored_
         listed = cli_json(s, "dead-letters", "list", "--limit", "1000")
         assert len(listed) == sum(reasons.values())
         assert all(len(letter["detail"]) < 500 for letter in listed)
+        shows = [
+            ["dead-letters", "show", str(letter["id"]), *form]
+            for letter in listed
+            for form in ((), ("--json",))
+        ]
         outputs = []
-        for letter in listed:
-            for form in ((), ("--json",)):
-                code, shown = await cli_in_process(
-                    s, "dead-letters", "show", str(letter["id"]), *form
-                )
-                assert code == 0, f"show {letter['reason']} failed"
-                outputs.append(shown)
+        for command, (code, shown) in zip(shows, cli_batch(s, shows), strict=True):
+            assert code == 0, f"{' '.join(command)} failed"
+            outputs.append(shown)
         status = cli(s, "status", "--json")
         outputs.append(status.stdout)
         assert scan_for_key(s, *outputs) == []
