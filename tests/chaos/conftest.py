@@ -9,6 +9,8 @@ answers).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.chaos.support import FULL
@@ -17,6 +19,14 @@ from tests.e2e.conftest import scenario  # noqa: F401 - the e2e scenario fixture
 
 # The long scenarios run under `make chaos` only: the normal suite's time budget is shared.
 collect_ignore_glob = [] if FULL else ["test_long_*.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every chaos scenario drives the real process: `-m "not e2e"` leaves them out too.
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture
