@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from daemon import redaction
+from daemon.config import load_settings
 from daemon.redaction import REDACTED, redact, redact_any
 
 KEY = "pivotal_K8s9_s3cr3t-remainder"
@@ -76,3 +77,17 @@ def test_a_structure_too_deep_to_walk_is_replaced_not_raised() -> None:
     for _ in range(5000):
         value = [value]
     assert redact_any({"v": value}) == "[not shown: nested too deep]"
+
+
+def test_every_secret_setting_and_the_database_url_password_are_registered() -> None:
+    """The API key, the Kafka and Postgres secrets, and a password inside the libpq URL."""
+    settings = load_settings(
+        {
+            "PIVOTAL_API_KEY": "pivotal_live_abcdef123",
+            "PIVOTAL_SYNC_KAFKA_SASL_PASSWORD": "sasl-secret-1",
+            "PIVOTAL_SYNC_DATABASE_URL": "postgresql://sync:dsn-secret-2@db/sync",
+        }
+    )
+    redaction.register_settings(settings)
+    text = redact("pivotal_live_abcdef123 sasl-secret-1 dsn-secret-2")
+    assert text == f"{REDACTED} {REDACTED} {REDACTED}"
