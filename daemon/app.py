@@ -378,14 +378,17 @@ class Daemon:
         # → offsets committed.
         await asyncio.gather(fetching, working, return_exceptions=True)
         ledger_stop.set()  # after the workers: draining ones still take slots
-        if sharing is not None:
-            await asyncio.gather(sharing, return_exceptions=True)
         recorder_stop.set()
-        # Not wait_for: cancelling a write into a silent Postgres waits for the cancel request,
-        # in the same silence. An abandoned flush loses nothing: its offsets are not committed,
-        # so the events come again after the restart and the checkpoint table sorts them out.
-        flushed, _ = await asyncio.wait({recording}, timeout=FINAL_FLUSH_TIMEOUT_SECONDS)
-        if not flushed:
+        # Both bounded together, and not with wait_for: cancelling a query into a silent
+        # Postgres waits for the cancel request, in the same silence. An abandoned flush loses
+        # nothing: its offsets are not committed, so the events come again after the restart
+        # and the checkpoint table sorts them out.
+        ending = {recording} if sharing is None else {recording, sharing}
+        ended, _ = await asyncio.wait(ending, timeout=FINAL_FLUSH_TIMEOUT_SECONDS)
+        if sharing is not None and sharing not in ended:
+            sharing.cancel()
+            log.warning("quota_ledger_stop_abandoned")
+        if recording not in ended:
             recording.cancel()
             # Its connection would hold the process open until the server answered.
             store.terminate()
