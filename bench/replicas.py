@@ -30,8 +30,8 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,10 +51,10 @@ from bench.ratelimit_e2e import (
     render,
 )
 from daemon.sandbox.testing import running_sandbox
+from devtools.fault_proxy import Fault, FaultProxy
 from devtools.local_services import create_database
 from devtools.local_stack import DaemonProcess, broker_settings, daemon_env
 from devtools.sample_stream import Message, publish
-from devtools.tcp_proxy import TcpProxy, tcp_proxy
 
 SAMPLE_SECONDS = 0.5
 ACTION_AT_SECONDS = 15.0
@@ -128,13 +128,14 @@ def _sum(metrics: dict[str, float], name: str) -> float:
     return sum(v for k, v in metrics.items() if k.partition("{")[0] == name)
 
 
-@asynccontextmanager
-async def maybe_proxy(case: Case, dsn: str) -> AsyncIterator[TcpProxy | None]:
+@contextmanager
+def maybe_proxy(case: Case, dsn: str) -> Iterator[tuple[FaultProxy | None, str]]:
+    """For the outage scenario, a proxy in front of Postgres and the DSN through it."""
     if not case.outage:
-        yield None
+        yield None, dsn
         return
-    async with tcp_proxy(dsn) as proxy:
-        yield proxy
+    with FaultProxy.for_postgres(dsn) as (proxy, through):
+        yield proxy, through
 
 
 async def run_side(stack: Stack, case: Case, side: str, messages: list[Message]) -> Observed:
@@ -150,7 +151,7 @@ async def run_side(stack: Stack, case: Case, side: str, messages: list[Message])
     with running_sandbox(*_sandbox_args(scenario)) as url:
         sandbox = Sandbox(url)
         daemons: list[DaemonProcess] = []
-        async with maybe_proxy(case, database_url) as proxy:
+        with maybe_proxy(case, database_url) as (proxy, daemon_database_url):
             extra: dict[str, str] = {**SIDES[side], **broker_settings(stack.broker)}
             hint = case.window_hint[side]
             if hint is not None:
@@ -159,7 +160,7 @@ async def run_side(stack: Stack, case: Case, side: str, messages: list[Message])
                 bootstrap_servers=stack.broker.bootstrap_servers,
                 topic=topic,
                 group_id=group,
-                database_url=proxy.dsn(database_url) if proxy else database_url,
+                database_url=daemon_database_url,
                 api_url=f"{url}/api/v1",
                 api_key=KEY,
                 LOG_LEVEL=os.environ.get("BENCH_DAEMON_LOG_LEVEL", "warning"),
@@ -217,7 +218,7 @@ async def act(
     case: Case,
     sandbox: Sandbox,
     daemons: list[DaemonProcess],
-    proxy: TcpProxy | None,
+    proxy: FaultProxy | None,
     env: dict[str, str],
     name: str,
     stack: Stack,
@@ -237,9 +238,9 @@ async def act(
         await asyncio.to_thread(victim.kill)  # reaps it
     if proxy is not None:
         marks["cut"] = time.time()
-        await proxy.cut()
+        proxy.set(Fault.REFUSE)
         await asyncio.sleep(OUTAGE_SECONDS)
-        await proxy.restore()
+        proxy.heal()
         marks["restored"] = time.time()
 
 

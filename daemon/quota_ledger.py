@@ -113,6 +113,9 @@ class Ledger(Protocol):
 
     async def reserve(self, call: ReserveCall) -> ReserveAnswer: ...
 
+    async def close(self) -> None:
+        """Drop the connections at once, waiting for nothing (a call is abandoned)."""
+
 
 class PostgresLedger:
     """`quota_reserve` over a small pool of its own, so checkpoint writes never queue behind it
@@ -365,12 +368,26 @@ class SharedPacer:
         started = self._clock()
         call, news = self._build_call(started), self._news
         self._news = _News()
-        try:
-            answer = await asyncio.wait_for(self._ledger.reserve(call), self._timeout)
-        except Exception as exc:  # whatever the database does, degrade (rule 7)
+        # Not wait_for: cancelling a query makes asyncpg send a cancel request and wait for it,
+        # and against a blackholed database that wait lasts as long as the outage (the same
+        # trap as the health ping, CheckpointStore.ping). On time-out the connections are
+        # dropped and the call abandoned.
+        task = asyncio.ensure_future(self._ledger.reserve(call))
+        done, _ = await asyncio.wait({task}, timeout=self._timeout)
+        failure: BaseException | None = None
+        if task not in done:
+            await self._ledger.close()
+            task.cancel()
+            _ABANDONED.add(task)  # the event loop holds tasks only weakly
+            task.add_done_callback(_settled)
+            failure = TimeoutError(f"the quota ledger did not answer in {self._timeout:g} s")
+        else:
+            failure = task.exception()
+        if failure is not None:  # whatever the database does, degrade (rule 7)
             self._requeue(news)
-            self._enter_fallback(exc)
+            self._enter_fallback(failure)
             return
+        answer = task.result()
         now = self._clock()
         if self._metrics is not None:
             self._metrics.ledger_call_duration.observe(now - started)
@@ -540,3 +557,13 @@ class SharedPacer:
                 )
             else:
                 return
+
+
+_ABANDONED: set[asyncio.Future[ReserveAnswer]] = set()
+
+
+def _settled(task: asyncio.Future[ReserveAnswer]) -> None:
+    """An abandoned call's end is of no interest; reading it keeps asyncio from warning."""
+    _ABANDONED.discard(task)
+    if not task.cancelled():
+        task.exception()

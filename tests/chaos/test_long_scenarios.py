@@ -22,13 +22,13 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from devtools.fault_proxy import Fault, FaultProxy
 from devtools.local_services import Broker, database_dsn, free_port
 from devtools.local_stack import DaemonProcess
 from devtools.sample_stream import StreamSpec, generate
 from tests.chaos.support import cli_json, dead_letter_reasons, row
 from tests.chaos.table import Row
 from tests.e2e.conftest import Scenario, ScenarioFactory
-from tests.fixtures.fault_proxy import Fault, FaultProxy
 
 # Each scenario runs a stream, a 15 s fault and the catch-up: longer than the default time-out.
 pytestmark = pytest.mark.timeout(420)

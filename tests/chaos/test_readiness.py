@@ -7,11 +7,11 @@ import time
 
 import httpx
 
+from devtools.fault_proxy import Fault, FaultProxy
 from devtools.local_stack import DaemonProcess
 from devtools.sample_stream import StreamSpec, generate
 from tests.chaos.table import Row
 from tests.e2e.conftest import ScenarioFactory
-from tests.fixtures.fault_proxy import Fault, FaultProxy
 
 # The health ping's time-out (2 s) plus its interval while healthy (5 s), and some slack.
 SECONDS_TO_NOT_READY = 9.0

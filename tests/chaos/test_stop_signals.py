@@ -10,12 +10,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from devtools.fault_proxy import Fault, FaultProxy
 from devtools.local_stack import DaemonProcess
 from devtools.sample_stream import StreamSpec, generate
 from tests.chaos.support import FULL
 from tests.chaos.table import Row
 from tests.e2e.conftest import ScenarioFactory
-from tests.fixtures.fault_proxy import Fault, FaultProxy
 
 # Interpreter start-up and the first imports take ~0.3 s here; before the handler was
 # installed first thing it took 2.7-4.1 s (imports, settings, the event loop), and a SIGTERM

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.fault_proxy import Fault, FaultProxy
+from devtools.fault_proxy import Fault, FaultProxy
 
 RESPONSE = b"x" * 100_000
 

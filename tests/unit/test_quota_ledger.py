@@ -55,6 +55,9 @@ class ScriptedLedger:
     grants_total: int = 0
     held: int = 0
 
+    async def close(self) -> None:
+        pass
+
     async def reserve(self, call: ReserveCall) -> ReserveAnswer:
         await asyncio.sleep(0)
         if self.down:
