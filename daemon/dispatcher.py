@@ -51,7 +51,7 @@ from daemon.metrics import Metrics, status_class
 from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
 from daemon.pivotal import ApiResponse
 from daemon.recorder import Recorder
-from daemon.scheduler import Scheduler, Work
+from daemon.scheduler import PendingRequest, Scheduler
 
 RETRY_BASE_SECONDS = 0.5
 RETRY_CAP_SECONDS = 30.0
@@ -178,7 +178,7 @@ class Dispatcher:
         # Set with _stopping; lets a wait for Postgres end at shutdown.
         self._stop = asyncio.Event()
         self._intents = IntentWriter(intents, self._stop) if intents is not None else None
-        self._running: dict[int, Work] = {}
+        self._running: dict[int, PendingRequest] = {}
         self._probe: asyncio.Task[None] | None = None
 
     # -- intake side -----------------------------------------------------------------------
@@ -258,7 +258,7 @@ class Dispatcher:
                 self._idle.set()
                 self._changed.set()
 
-    async def _next_work(self) -> Work | None:
+    async def _next_work(self) -> PendingRequest | None:
         while not self._stopping:
             # Clear before looking: a submit() between the look and the wait still wakes us.
             self._changed.clear()
@@ -286,7 +286,7 @@ class Dispatcher:
                 self._update_gauges()
 
     # -- one work --------------------------------------------------------------------------
-    async def _process(self, work: Work) -> None:
+    async def _process(self, work: PendingRequest) -> None:
         attempt, successes_before = 0, self._successes
         while True:
             try:
@@ -308,7 +308,7 @@ class Dispatcher:
             return
 
     async def _after_internal_error(
-        self, work: Work, exc: Exception, attempt: int, others_work: bool
+        self, work: PendingRequest, exc: Exception, attempt: int, others_work: bool
     ) -> bool:
         """Count and log one internal error; wait and return True to try the work again,
         False to dead-letter it (its attempts are spent and other works succeed meanwhile)."""
@@ -338,7 +338,7 @@ class Dispatcher:
             self._failing.clear()
             self._metrics.paused.labels(reason=INTERNAL_ERRORS).set(0)
 
-    async def _apply(self, work: Work) -> Applied:
+    async def _apply(self, work: PendingRequest) -> Applied:
         state = self._entities.get(work.entity)
         if work.action is Action.DELETE:
             return await self._delete(work, state)
@@ -346,7 +346,7 @@ class Dispatcher:
             return await self._update(work, state)
         return await self._create(work)
 
-    async def _delete(self, work: Work, state: EntityState | None) -> Applied:
+    async def _delete(self, work: PendingRequest, state: EntityState | None) -> Applied:
         if state is None or state.pivotal_id is None or state.deleted:
             # Pivotal never had it (or it is gone already): nothing to send.
             self._entities.clear_intent(work.entity)
@@ -366,7 +366,7 @@ class Dispatcher:
                 raise _rejection(refused, state) from None
         return Applied(Outcome.SENT, self._next_state(work, state, pivotal_id, deleted=True))
 
-    async def _update(self, work: Work, state: EntityState) -> Applied:
+    async def _update(self, work: PendingRequest, state: EntityState) -> Applied:
         assert state.pivotal_id is not None
         body = self._body(work, creating=False)
         try:
@@ -390,7 +390,7 @@ class Dispatcher:
             ) from None
         return Applied(Outcome.SENT, self._next_state(work, state, state.pivotal_id))
 
-    async def _create(self, work: Work) -> Applied:
+    async def _create(self, work: PendingRequest) -> Applied:
         intent = self._entities.intent(work.entity)
         fresh = intent is None
         if intent is None:
@@ -426,7 +426,7 @@ class Dispatcher:
                 raise _rejection(refused, state) from None
         return Applied(Outcome.SENT, state)
 
-    async def _new_intent(self, work: Work) -> Intent:
+    async def _new_intent(self, work: PendingRequest) -> Intent:
         body = self._body(work, creating=True)
         parent_id: str | None = None
         if work.entity.kind is EntityKind.CUSTOMER:
@@ -463,7 +463,7 @@ class Dispatcher:
         self._entities.set_intent(intent)
         return intent
 
-    async def _adopt_by_slug(self, work: Work, intent: Intent) -> str:
+    async def _adopt_by_slug(self, work: PendingRequest, intent: Intent) -> str:
         slug = str(intent.body.get("slug", ""))
         try:
             data = (await self._send(lambda: self._api.find_customers_by_slug(slug))).json()
@@ -506,7 +506,7 @@ class Dispatcher:
         }[kind]
         return await self._send(lambda: call(pivotal_id, body))
 
-    def _body(self, work: Work, *, creating: bool) -> dict[str, Any]:
+    def _body(self, work: PendingRequest, *, creating: bool) -> dict[str, Any]:
         body = dict(work.fields)
         if creating or "metadata" in body:
             # Every record we create is traceable to its CRM entity; a PATCH of metadata
@@ -534,7 +534,7 @@ class Dispatcher:
 
     def _next_state(
         self,
-        work: Work,
+        work: PendingRequest,
         state: EntityState | None,
         pivotal_id: str | None,
         *,
@@ -642,7 +642,7 @@ class Dispatcher:
                 return
 
     # -- finishing -------------------------------------------------------------------------
-    def _finish_applied(self, work: Work, applied: Applied) -> None:
+    def _finish_applied(self, work: PendingRequest, applied: Applied) -> None:
         last = work.events[-1]
         finished = [
             self._finished(e, Outcome.SUPERSEDED, work, applied.state) for e in work.superseded
@@ -655,7 +655,7 @@ class Dispatcher:
             self._metrics.coalesced.inc(len(work.events) - 1)
         self._recorder.add(finished, [applied.state] if applied.state else [])
 
-    def _finish_rejected(self, work: Work, rejected: Rejected) -> None:
+    def _finish_rejected(self, work: PendingRequest, rejected: Rejected) -> None:
         finished = [
             Finished(
                 event_id=e.id,
@@ -670,7 +670,7 @@ class Dispatcher:
 
     @staticmethod
     def _finished(
-        event: Event, outcome: Outcome, work: Work, state: EntityState | None
+        event: Event, outcome: Outcome, work: PendingRequest, state: EntityState | None
     ) -> Finished:
         return Finished(
             event_id=event.id,

@@ -12,8 +12,8 @@ owns the workers; this module only decides *what* may be sent next.
     scheduler.drop_partitions(revoked)                # on revoke: forget what was not started
 
 A **lane** is one customer external id: the customer and all its contacts and onboardings. At
-most one `Work` per lane is in flight. A `Work` is one request-to-be for one entity; it holds
-every event that request finishes.
+most one `PendingRequest` per lane is in flight. A `PendingRequest` (a "work" in the rules
+below) is one request-to-be for one entity; it holds every event that request finishes.
 
 Rules, in the order they matter:
 
@@ -53,8 +53,8 @@ Rules, in the order they matter:
    simply not have been sent yet; but a create queued behind a waiting customer delete cannot
    run before the children in front of that delete, and waiting for it would block the lane).
 
-Memory: one `Work` per run of coalesced events, one small `_Lane` per customer with work; lanes
-are removed as soon as they are idle and empty (with them, their held sequences: from then on
+Memory: one `PendingRequest` per run of coalesced events, one small `_Lane` per customer with
+work; lanes are removed as soon as they are idle and empty (with them, their held sequences: from then on
 the entity map's `applied_sequence` is what detects staleness).
 """
 
@@ -71,7 +71,7 @@ ParentReady = Callable[[str], bool]
 
 
 @dataclass(kw_only=True, slots=True, eq=False)
-class Work:
+class PendingRequest:
     """One request-to-be for one entity, and every event that request finishes."""
 
     # The customer external id whose lane this work is in.
@@ -121,12 +121,12 @@ class _Lane:
 
     name: str
     # Waiting works by `order`, in the order they run (a requeued work moves to the front).
-    works: OrderedDict[int, Work] = field(default_factory=OrderedDict)
+    works: OrderedDict[int, PendingRequest] = field(default_factory=OrderedDict)
     # The last waiting work of each entity: where coalescing and supersession look.
-    tails: dict[EntityKey, Work] = field(default_factory=dict)
+    tails: dict[EntityKey, PendingRequest] = field(default_factory=dict)
     # Highest sequence held per entity, waiting or in flight: for stale detection.
     sequences: dict[EntityKey, int] = field(default_factory=dict)
-    in_flight: Work | None = None
+    in_flight: PendingRequest | None = None
     # `order` of the last waiting customer delete (rule 3), None when none waits.
     barrier: int | None = None
     children: int = 0  # waiting contact and onboarding works
@@ -134,7 +134,7 @@ class _Lane:
     customer_upserts: int = 0  # waiting customer upserts (they can make the parent ready)
     queued: bool = False  # in the round-robin queue of the scheduler
 
-    def count(self, work: Work, sign: int) -> None:
+    def count(self, work: PendingRequest, sign: int) -> None:
         if work.entity.kind is EntityKind.CUSTOMER:
             self.customer_upserts += sign if work.action is Action.UPSERT else 0
             return
@@ -142,7 +142,7 @@ class _Lane:
         self.gated += sign if work.action is Action.UPSERT else 0
 
 
-def _is_customer_delete(work: Work) -> bool:
+def _is_customer_delete(work: PendingRequest) -> bool:
     return work.entity.kind is EntityKind.CUSTOMER and work.action is Action.DELETE
 
 
@@ -201,9 +201,9 @@ class Scheduler:
         self._give_turn(lane)
         return True
 
-    def take_ready(self, parent_ready: ParentReady, limit: int) -> list[Work]:
+    def take_ready(self, parent_ready: ParentReady, limit: int) -> list[PendingRequest]:
         """Up to `limit` ready works from distinct idle lanes, in turn; their lanes become busy."""
-        taken: list[Work] = []
+        taken: list[PendingRequest] = []
         for _ in range(len(self._turns)):
             if len(taken) >= limit:
                 break
@@ -217,14 +217,14 @@ class Scheduler:
             taken.append(work)
         return taken
 
-    def done(self, work: Work) -> None:
+    def done(self, work: PendingRequest) -> None:
         """The work's outcome is recorded: its lane is idle again."""
         lane = self._release(work)
         self._pending_events -= work.event_count
         self._give_turn(lane)
         self._drop_if_empty(lane)
 
-    def requeue(self, work: Work) -> None:
+    def requeue(self, work: PendingRequest) -> None:
         """Put a taken work back, unchanged, at the head of its lane, to be retried later."""
         lane = self._release(work)
         lane.works[work.order] = work
@@ -236,9 +236,11 @@ class Scheduler:
             lane.barrier = max(work.order, lane.barrier if lane.barrier is not None else -1)
         self._give_turn(lane)
 
-    def expire_orphans(self, now: float, timeout: float, parent_ready: ParentReady) -> list[Work]:
+    def expire_orphans(
+        self, now: float, timeout: float, parent_ready: ParentReady
+    ) -> list[PendingRequest]:
         """Remove and return child works whose parent missed its chance (rule 9)."""
-        expired: list[Work] = []
+        expired: list[PendingRequest] = []
         for lane in list(self._lanes.values()):
             flying = lane.in_flight
             if not lane.gated or parent_ready(lane.name):
@@ -313,7 +315,7 @@ class Scheduler:
         else:
             self._supersede(lane, tail, event)
 
-    def _supersede(self, lane: _Lane, upsert: Work, event: Event) -> None:
+    def _supersede(self, lane: _Lane, upsert: PendingRequest, event: Event) -> None:
         delete = self._new_work(event, upsert.enqueued_at)
         delete.order = upsert.order
         delete.superseded = [*upsert.superseded, *upsert.events]
@@ -327,8 +329,8 @@ class Scheduler:
         if _is_customer_delete(delete):
             lane.barrier = max(delete.order, lane.barrier if lane.barrier is not None else -1)
 
-    def _new_work(self, event: Event, now: float) -> Work:
-        return Work(
+    def _new_work(self, event: Event, now: float) -> PendingRequest:
+        return PendingRequest(
             lane=event.customer_external_id,
             entity=event.entity,
             action=event.action,
@@ -339,7 +341,7 @@ class Scheduler:
             enqueued_at=now,
         )
 
-    def _append(self, lane: _Lane, work: Work) -> None:
+    def _append(self, lane: _Lane, work: PendingRequest) -> None:
         work.order = self._next_order
         self._next_order += 1
         lane.works[work.order] = work
@@ -351,7 +353,7 @@ class Scheduler:
 
     # -- taking -------------------------------------------------------------------------------
 
-    def _first_ready(self, lane: _Lane, parent_ready: ParentReady) -> Work | None:
+    def _first_ready(self, lane: _Lane, parent_ready: ParentReady) -> PendingRequest | None:
         """The first work of the lane that rules 1-3 allow to run now."""
         if lane.gated == len(lane.works) and not parent_ready(lane.name):
             return None  # only gated children wait, and their parent is not there
@@ -371,13 +373,13 @@ class Scheduler:
             blocked.add(work.entity)
         return None
 
-    def _take(self, lane: _Lane, work: Work) -> None:
+    def _take(self, lane: _Lane, work: PendingRequest) -> None:
         self._remove_waiting(lane, work, earliest=True)
         work.attempted = True
         lane.in_flight = work
         self._busy_lanes += 1
 
-    def _remove_waiting(self, lane: _Lane, work: Work, *, earliest: bool = False) -> None:
+    def _remove_waiting(self, lane: _Lane, work: PendingRequest, *, earliest: bool = False) -> None:
         """Take `work` out of the waiting works (`earliest`: no earlier work of its entity)."""
         del lane.works[work.order]
         lane.count(work, -1)
@@ -396,7 +398,7 @@ class Scheduler:
 
     # -- lanes --------------------------------------------------------------------------------
 
-    def _release(self, work: Work) -> _Lane:
+    def _release(self, work: PendingRequest) -> _Lane:
         lane = self._lanes.get(work.lane)
         if lane is None or lane.in_flight is not work:
             raise ValueError(f"work for {work.entity} is not in flight")
@@ -437,14 +439,14 @@ class Scheduler:
                 lane.sequences[event.entity] = max(latest, event.sequence)
 
 
-def _orphans(lane: _Lane, deadline: float) -> list[Work]:
+def _orphans(lane: _Lane, deadline: float) -> list[PendingRequest]:
     """Gated child works that arrived by `deadline` and that no waiting customer upsert can save.
 
     The first waiting customer upsert will run (rule 2), unless a customer delete waits in front
     of it: then it cannot help the children in front of that delete (rule 3), and without that
     timeout they would block the lane for good.
     """
-    orphans: list[Work] = []
+    orphans: list[PendingRequest] = []
     behind_delete = False
     for work in lane.works.values():
         if work.entity.kind is EntityKind.CUSTOMER:
@@ -458,5 +460,5 @@ def _orphans(lane: _Lane, deadline: float) -> list[Work]:
     return orphans
 
 
-def _all_events(work: Work) -> list[Event]:
+def _all_events(work: PendingRequest) -> list[Event]:
     return [*work.superseded, *work.events]

@@ -78,7 +78,7 @@ class Filters:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Letter:
+class DeadLetterStatus:
     """A dead letter and where it stands now."""
 
     row: DeadLetterRow
@@ -95,7 +95,7 @@ def state_of(outcome: EventOutcome | None) -> str:
 
 async def letters(
     store: CheckpointStore, filters: Filters, ids: Sequence[int] = ()
-) -> list[Letter]:
+) -> list[DeadLetterStatus]:
     """The dead letters named by `ids`, or else matching `filters`, newest first."""
     if ids:
         found = [await store.dead_letter(i) for i in ids]
@@ -111,7 +111,7 @@ async def letters(
             limit=limit,
         )
     outcomes = await store.outcomes([row.event_id for row in rows])
-    result = [Letter(row=row, state=state_of(outcomes.get(row.event_id))) for row in rows]
+    result = [DeadLetterStatus(row=row, state=state_of(outcomes.get(row.event_id))) for row in rows]
     if filters.state is not None:
         result = [letter for letter in result if letter.state == filters.state]
     return result if ids else result[: filters.limit]
@@ -127,7 +127,9 @@ class RetryPlan:
     skipped: list[tuple[DeadLetterRow, str]] = field(default_factory=list)
 
 
-def plan_retry(candidates: Sequence[Letter], max_redrives: int = MAX_REDRIVES) -> RetryPlan:
+def plan_retry(
+    candidates: Sequence[DeadLetterStatus], max_redrives: int = MAX_REDRIVES
+) -> RetryPlan:
     """Which dead letters may go back, and why the others may not. No I/O."""
     plan = RetryPlan()
     for letter in candidates:
@@ -334,7 +336,7 @@ def run_purge(args: argparse.Namespace) -> int:
     return run_command(run(), migrate=config)
 
 
-def letter_json(letter: Letter, *, full: bool) -> dict[str, Any]:
+def letter_json(letter: DeadLetterStatus, *, full: bool) -> dict[str, Any]:
     row = letter.row
     data: dict[str, Any] = {
         "id": row.id,
@@ -378,7 +380,7 @@ def _value(value: bytes | None) -> Any:
     return parsed if nesting_depth(parsed) <= SHOW_MAX_NESTING_DEPTH else text
 
 
-def render_letters(found: list[Letter]) -> str:
+def render_letters(found: list[DeadLetterStatus]) -> str:
     if not found:
         return "no dead letters match"
     header = f"{'ID':>6}  {'STATE':<9} {'REASON':<20} {'HTTP':>4}  {'ENTITY':<28} "

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.events import Action, EntityKey, EntityKind, Event, RecordRef
-from daemon.scheduler import Scheduler, Work
+from daemon.scheduler import PendingRequest, Scheduler
 
 CUSTOMER, CONTACT, ONBOARDING = EntityKind.CUSTOMER, EntityKind.CONTACT, EntityKind.ONBOARDING
 UPSERT, DELETE = Action.UPSERT, Action.DELETE
@@ -65,12 +65,16 @@ def filled(*events: Event) -> Scheduler:
     return scheduler
 
 
-def take_one(scheduler: Scheduler, parent_ready: Callable[[str], bool] = always) -> Work | None:
+def take_one(
+    scheduler: Scheduler, parent_ready: Callable[[str], bool] = always
+) -> PendingRequest | None:
     works = scheduler.take_ready(parent_ready, limit=1)
     return works[0] if works else None
 
 
-def drain(scheduler: Scheduler, parent_ready: Callable[[str], bool] = always) -> list[Work]:
+def drain(
+    scheduler: Scheduler, parent_ready: Callable[[str], bool] = always
+) -> list[PendingRequest]:
     """Take and finish works one by one until nothing is ready."""
     order = []
     while (work := take_one(scheduler, parent_ready)) is not None:
@@ -490,7 +494,7 @@ class Simulation:
         self.gated = gated
         self.pivotal: dict[EntityKey, dict[str, Any]] = {}
         self.applied_sequence: dict[EntityKey, int] = {}
-        self.in_flight: dict[str, Work] = {}
+        self.in_flight: dict[str, PendingRequest] = {}
         self.finished: list[str] = []  # event ids, each exactly once
         self.applied_offsets: dict[EntityKey, list[int]] = {}
         self.now = 0.0
@@ -503,7 +507,7 @@ class Simulation:
         if not self.scheduler.add(event, self.now, self.applied_sequence.get(event.entity)):
             self.finished.append(event.id)  # stale
 
-    def take(self, limit: int) -> list[Work]:
+    def take(self, limit: int) -> list[PendingRequest]:
         works = self.scheduler.take_ready(self.parent_ready, limit)
         for work in works:
             assert work.lane not in self.in_flight, "two works in flight in one lane"

@@ -16,7 +16,7 @@ from daemon.outcomes import DeadLetter
 from daemon.tools.common import ProgressBar, parse_time
 from daemon.tools.dead_letters import (
     REDRIVE_HEADER,
-    Letter,
+    DeadLetterStatus,
     plan_retry,
     redrive_record,
     state_of,
@@ -169,12 +169,12 @@ def test_a_dead_letter_is_open_retrying_or_resolved_by_its_checkpoint() -> None:
 def test_retry_sends_only_open_retriable_letters_in_stream_order() -> None:
     plan = plan_retry(
         [
-            Letter(row=dead_row(1, offset=9), state="open"),
-            Letter(row=dead_row(2, offset=3), state="open"),
-            Letter(row=dead_row(3), state="resolved"),
-            Letter(row=dead_row(4), state="retrying"),
-            Letter(row=dead_row(5, event_id="record:t:0:5"), state="open"),
-            Letter(row=dead_row(6, retry_count=3), state="open"),
+            DeadLetterStatus(row=dead_row(1, offset=9), state="open"),
+            DeadLetterStatus(row=dead_row(2, offset=3), state="open"),
+            DeadLetterStatus(row=dead_row(3), state="resolved"),
+            DeadLetterStatus(row=dead_row(4), state="retrying"),
+            DeadLetterStatus(row=dead_row(5, event_id="record:t:0:5"), state="open"),
+            DeadLetterStatus(row=dead_row(6, retry_count=3), state="open"),
         ],
         max_redrives=3,
     )
