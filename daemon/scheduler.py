@@ -54,8 +54,8 @@ Rules, in the order they matter:
    run before the children in front of that delete, and waiting for it would block the lane).
 
 Memory: one `PendingRequest` per run of coalesced events, one small `_Lane` per customer with
-work; lanes are removed as soon as they are idle and empty (with them, their held sequences: from then on
-the entity map's `applied_sequence` is what detects staleness).
+work; lanes are removed as soon as they are idle and empty (with them, their held sequences:
+from then on the entity map's `applied_sequence` is what detects staleness).
 """
 
 from __future__ import annotations
