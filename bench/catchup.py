@@ -17,7 +17,8 @@ events (statements when `pg_stat_statements` is loaded, else transactions from
 The daemon's rate runs from the first event it consumed to the last it finished (its
 /metrics, polled every 0.2 s); the bare loop's from its first record to its last, measured
 before and after the daemon (the mean is the reference). Everything else is excluded on both
-sides: start-up, group join, publishing.
+sides: start-up, group join, publishing. On a shared machine wall time is noisy, so the row
+also gives CPU time per event (the daemon's process, the bare loop's own) and their ratio.
 
     python -m bench.catchup [--only reread,coalescing,mix] [--events 500000]
                             [--latency-ms 200] [--profile DIR]
@@ -158,8 +159,9 @@ def mix(events: int, customers: int) -> tuple[list[Planned], list[Planned]]:
 # -- the two readers -------------------------------------------------------------------------------
 
 
-async def bare_loop(bootstrap_servers: str, topic: str, total: int) -> float:
-    """Events/s of fetch + JSON decode over the whole topic, in a new consumer group."""
+async def bare_loop(bootstrap_servers: str, topic: str, total: int) -> tuple[float, float]:
+    """Events/s and CPU µs per event of fetch + JSON decode over the whole topic, in a new
+    consumer group."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap_servers,
@@ -169,16 +171,17 @@ async def bare_loop(bootstrap_servers: str, topic: str, total: int) -> float:
     )
     await consumer.start()
     try:
-        seen, started = 0, 0.0
+        seen, started, cpu = 0, 0.0, 0.0
         while seen < total:
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 if not started and records:
-                    started = time.perf_counter()
+                    started, cpu = time.perf_counter(), time.process_time()
                 for record in records:
                     json.loads(record.value)
                 seen += len(records)
-        return total / (time.perf_counter() - started)
+        cpu_us = (time.process_time() - cpu) * 1e6 / total
+        return total / (time.perf_counter() - started), cpu_us
     finally:
         await consumer.stop()
 
@@ -188,6 +191,14 @@ class DaemonRun:
     events_per_second: float
     peak_rss_mb: float
     seconds: float
+    cpu_seconds: float
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (its threads included)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -235,11 +246,14 @@ async def run_daemon(daemon: DaemonProcess, events: int, profile: Path | None = 
     deadline = time.monotonic() + CATCH_UP_LIMIT_SECONDS
     with _profiled(daemon.process.pid, profile):
         before, started = time.perf_counter(), 0.0
+        cpu_before = _cpu_seconds(daemon.process.pid)
         while not started:
             consumed, _ = _counts(daemon)
             now = time.perf_counter()
             if consumed:
                 started = (before + now) / 2  # it began between the two polls
+            else:
+                cpu_before = _cpu_seconds(daemon.process.pid)
             before = now
             await _tick(daemon, deadline)
         while True:
@@ -249,8 +263,9 @@ async def run_daemon(daemon: DaemonProcess, events: int, profile: Path | None = 
                 break
             before = now
             await _tick(daemon, deadline)
+    cpu = _cpu_seconds(daemon.process.pid) - cpu_before
     seconds = (before + now) / 2 - started
-    return DaemonRun(events / seconds, _peak_rss_mb(daemon.process.pid), seconds)
+    return DaemonRun(events / seconds, _peak_rss_mb(daemon.process.pid), seconds, cpu)
 
 
 async def _tick(daemon: DaemonProcess, deadline: float) -> None:
@@ -399,7 +414,7 @@ async def measure(
 ) -> dict[str, object]:
     """Bare loop, daemon, bare loop again; the row of the table."""
     bootstrap = scenario.stack.broker.bootstrap_servers
-    bare_before = await bare_loop(bootstrap, scenario.topic, total_in_topic)
+    bare_before, bare_cpu_before = await bare_loop(bootstrap, scenario.topic, total_in_topic)
     kind, work_before = await postgres_work(db)
     daemon = scenario.daemon(db, sandbox_url, f"{scenario.name}.log")
     try:
@@ -408,9 +423,12 @@ async def measure(
     finally:
         daemon.stop()
     _, work_after = await postgres_work(db)
-    bare_after = await bare_loop(bootstrap, scenario.topic, total_in_topic)
+    bare_after, bare_cpu_after = await bare_loop(bootstrap, scenario.topic, total_in_topic)
     bare = (bare_before + bare_after) / 2
     ratio = run.events_per_second / bare
+    # CPU per event is steadier than wall time on a shared machine: the same ratio in CPU.
+    bare_cpu = (bare_cpu_before + bare_cpu_after) / 2
+    daemon_cpu = run.cpu_seconds * 1e6 / events
     return {
         "scenario": scenario.name,
         "events": events,
@@ -420,6 +438,9 @@ async def measure(
         "ratio": f"{ratio:.1%}",
         "goal": f"≥ {scenario.goal:.0%}",
         "met": "yes" if ratio >= scenario.goal else "no",
+        "CPU µs/event daemon": round(daemon_cpu, 1),
+        "CPU µs/event bare": round(bare_cpu, 1),
+        "CPU ratio": f"{bare_cpu / daemon_cpu:.1%}",
         "peak RSS MB": round(run.peak_rss_mb, 1),
         f"{kind}/1k events": round((work_after - work_before) * 1000 / events, 2),
         "seconds": round(run.seconds, 2),

@@ -27,7 +27,7 @@ from daemon.metrics import Metrics
 from daemon.progress import Progress
 
 FETCH_TIMEOUT_MS = 200
-FETCH_MAX_RECORDS = 500
+FETCH_MAX_RECORDS = 2000
 COMMIT_INTERVAL_SECONDS = 1.0
 LAG_INTERVAL_SECONDS = 5.0
 # The broker check (a metadata request) and each step of closing wait at most this long.
@@ -248,7 +248,9 @@ class Source:
             offset=record.offset,
             key=record.key,
             value=record.value,
-            headers=tuple((str(k), bytes(v or b"")) for k, v in (record.headers or ())),
+            headers=tuple((str(k), bytes(v or b"")) for k, v in record.headers)
+            if record.headers
+            else (),
             timestamp_ms=record.timestamp,
         )
 
