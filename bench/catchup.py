@@ -21,7 +21,7 @@ sides: start-up, group join, publishing. On a shared machine wall time is noisy,
 also gives CPU time per event (the daemon's process, the bare loop's own) and their ratio.
 
     python -m bench.catchup [--only reread,coalescing,mix] [--events 500000]
-                            [--latency-ms 200] [--profile DIR]
+                            [--latency-ms 200] [--profile DIR] [--set NAME=VALUE ...]
 
 `--profile DIR` records the daemon with py-spy during each measured run (raw collapsed stacks,
 `DIR/<scenario>.txt`; `py-spy` must be on PATH, the dev group installs it).
@@ -370,6 +370,8 @@ class Scenario:
     stack: Stack
     topic: str = field(default_factory=lambda: f"catchup-{uuid.uuid4().hex[:10]}")
     group: str = field(default_factory=lambda: f"group-{uuid.uuid4().hex[:8]}")
+    # PIVOTAL_SYNC_* settings (without the prefix) on top of DAEMON_SETTINGS, from --set.
+    settings: dict[str, str] = field(default_factory=dict)
 
     def daemon(self, db: Database, sandbox_url: str, log: str) -> DaemonProcess:
         env = daemon_env(
@@ -380,7 +382,7 @@ class Scenario:
             api_url=f"{sandbox_url}/api/v1",
             api_key=KEY,
             **broker_settings(self.stack.broker),
-            **DAEMON_SETTINGS,
+            **{**DAEMON_SETTINGS, **self.settings},
         )
         return DaemonProcess(env, self.stack.workdir / log)
 
@@ -478,8 +480,10 @@ async def _create_customers(
         daemon.stop()
 
 
-async def reread(stack: Stack, events: int, profile: Path | None) -> dict[str, object]:
-    scenario = Scenario("reread", 0.25, stack)
+async def reread(
+    stack: Stack, events: int, profile: Path | None, settings: dict[str, str]
+) -> dict[str, object]:
+    scenario = Scenario("reread", 0.25, stack, settings=settings)
     await stack.broker.create_topic(scenario.topic, partitions=PARTITIONS)
     db = await _database(stack)
     planned = updates(events, max(1, events // 10), "done", contacts=True)
@@ -492,9 +496,9 @@ async def reread(stack: Stack, events: int, profile: Path | None) -> dict[str, o
 
 
 async def coalescing(
-    stack: Stack, events: int, latency_ms: float, profile: Path | None
+    stack: Stack, events: int, latency_ms: float, profile: Path | None, settings: dict[str, str]
 ) -> dict[str, object]:
-    scenario = Scenario("coalescing", 0.15, stack)
+    scenario = Scenario("coalescing", 0.15, stack, settings=settings)
     await stack.broker.create_topic(scenario.topic, partitions=PARTITIONS)
     db = await _database(stack)
     with (
@@ -514,8 +518,10 @@ async def coalescing(
     return row
 
 
-async def realistic_mix(stack: Stack, events: int, profile: Path | None) -> dict[str, object]:
-    scenario = Scenario("mix", 0.10, stack)
+async def realistic_mix(
+    stack: Stack, events: int, profile: Path | None, settings: dict[str, str]
+) -> dict[str, object]:
+    scenario = Scenario("mix", 0.10, stack, settings=settings)
     await stack.broker.create_topic(scenario.topic, partitions=PARTITIONS)
     db = await _database(stack)
     with (
@@ -547,14 +553,17 @@ def _file(directory: Path | None, name: str) -> Path | None:
 
 async def _main(args: argparse.Namespace) -> None:
     only = set(args.only.split(","))
+    settings = dict(item.split("=", 1) for item in args.set)
     rows = []
     with local_stack() as stack:
         if "reread" in only:
-            rows.append(await reread(stack, args.events, args.profile))
+            rows.append(await reread(stack, args.events, args.profile, settings))
         if "coalescing" in only:
-            rows.append(await coalescing(stack, args.events, args.latency_ms, args.profile))
+            rows.append(
+                await coalescing(stack, args.events, args.latency_ms, args.profile, settings)
+            )
         if "mix" in only:
-            rows.append(await realistic_mix(stack, args.events, args.profile))
+            rows.append(await realistic_mix(stack, args.events, args.profile, settings))
     for row in rows:
         print(" · ".join(f"{k}: {v}" for k, v in row.items()))
 
@@ -567,6 +576,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a daemon setting without its PIVOTAL_SYNC_ prefix, e.g. MAX_PENDING_EVENTS=50000",
+    )
     asyncio.run(_main(parser.parse_args()))
 
 
