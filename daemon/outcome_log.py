@@ -54,21 +54,26 @@ class OutcomeLog:
 
     def finished(self, items: Sequence[Finished]) -> None:
         """Count a batch in the metrics; a line for each loud one, a count for each quiet one."""
-        by_label: Counter[tuple[str, str]] = Counter(
-            (item.outcome.value, item.entity.kind.value if item.entity else UNKNOWN_KIND)
+        by_label: Counter[tuple[Outcome, str]] = Counter(
+            (item.outcome, item.entity.kind.value if item.entity else UNKNOWN_KIND)
             for item in items
         )
+        quiet = 0
         for (outcome, kind), count in by_label.items():
-            self._metrics.events_finished.labels(outcome=outcome, kind=kind).inc(count)
-            if Outcome(outcome) in QUIET_OUTCOMES:
-                self._quiet[outcome] += count
-        # One check per batch: a disabled debug call still costs a logger bind per event.
-        debug = log.is_enabled_for(logging.DEBUG)
-        for item in items:
-            if item.outcome not in QUIET_OUTCOMES:
-                self._log(item)
-            elif debug:
-                log.debug("event_finished", **_fields(item))
+            self._metrics.events_finished.labels(outcome=outcome.value, kind=kind).inc(count)
+            if outcome in QUIET_OUTCOMES:
+                self._quiet[outcome.value] += count
+                quiet += count
+        if quiet < len(items):
+            for item in items:
+                if item.outcome not in QUIET_OUTCOMES:
+                    self._log(item)
+        # Asked once per batch, and only when it matters: through structlog's lazy proxy even
+        # a disabled debug call costs a logger bind.
+        if quiet and log.is_enabled_for(logging.DEBUG):
+            for item in items:
+                if item.outcome in QUIET_OUTCOMES:
+                    log.debug("event_finished", **_fields(item))
         if self._clock() - self._since >= self._interval:
             self.summarize()
 

@@ -27,7 +27,7 @@ from daemon.metrics import Metrics
 from daemon.progress import Progress
 
 FETCH_TIMEOUT_MS = 200
-FETCH_MAX_RECORDS = 2000
+FETCH_MAX_RECORDS = 500
 COMMIT_INTERVAL_SECONDS = 1.0
 LAG_INTERVAL_SECONDS = 5.0
 # The broker check (a metadata request) and each step of closing wait at most this long.
