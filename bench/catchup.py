@@ -52,7 +52,7 @@ from aiokafka import AIOKafkaConsumer
 
 from bench.pipeline import HUGE_LIMIT, KEY, PARTITIONS, Stack, local_stack
 from daemon.sandbox.testing import SandboxAdmin, running_sandbox
-from devtools.local_services import create_database
+from devtools.local_services import create_database, drop_database
 from devtools.local_stack import DaemonProcess, broker_settings, committed_offsets, daemon_env
 from devtools.sample_stream import Message, publish
 
@@ -286,9 +286,15 @@ class Database:
     dsn: str
 
 
+# Databases this run created: dropped at the end, a shared server keeps nothing of a run.
+_created: list[Database] = []
+
+
 async def _database(stack: Stack) -> Database:
     name = f"catchup_{uuid.uuid4().hex[:10]}"
-    return Database(stack.postgres.dsn, name, await create_database(stack.postgres.dsn, name))
+    db = Database(stack.postgres.dsn, name, await create_database(stack.postgres.dsn, name))
+    _created.append(db)
+    return db
 
 
 async def postgres_work(db: Database) -> tuple[str, float]:
@@ -556,17 +562,29 @@ def _file(directory: Path | None, name: str) -> Path | None:
 async def _main(args: argparse.Namespace) -> None:
     only = set(args.only.split(","))
     settings = dict(item.split("=", 1) for item in args.set)
-    rows = []
+    rows: list[dict[str, object]] = []
     with local_stack() as stack:
-        if "reread" in only:
-            rows.append(await reread(stack, args.events, args.profile, settings))
-        if "coalescing" in only:
-            events = args.coalescing_events or args.events
-            rows.append(await coalescing(stack, events, args.latency_ms, args.profile, settings))
-        if "mix" in only:
-            rows.append(await realistic_mix(stack, args.events, args.profile, settings))
+        try:
+            rows += await _scenarios(stack, args, only, settings)
+        finally:
+            for db in _created:
+                await drop_database(db.server_dsn, db.name)
     for row in rows:
         print(" · ".join(f"{k}: {v}" for k, v in row.items()))
+
+
+async def _scenarios(
+    stack: Stack, args: argparse.Namespace, only: set[str], settings: dict[str, str]
+) -> list[dict[str, object]]:
+    rows = []
+    if "reread" in only:
+        rows.append(await reread(stack, args.events, args.profile, settings))
+    if "coalescing" in only:
+        events = args.coalescing_events or args.events
+        rows.append(await coalescing(stack, events, args.latency_ms, args.profile, settings))
+    if "mix" in only:
+        rows.append(await realistic_mix(stack, args.events, args.profile, settings))
+    return rows
 
 
 def main() -> None:
