@@ -16,7 +16,14 @@ import time
 
 # The order of docs/benchmarks.md: the offline simulation first (seconds), the end-to-end runs
 # after (minutes each).
-BENCHMARKS = ("ratelimit_sim", "formats_decode", "sandbox_load", "pipeline", "ratelimit_e2e")
+BENCHMARKS = (
+    "ratelimit_sim",
+    "formats_decode",
+    "sandbox_load",
+    "pipeline",
+    "catchup",
+    "ratelimit_e2e",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -36,6 +36,7 @@ from daemon.events import EntityKey, EntityKind, RecordRef
 from daemon.metrics import Metrics
 from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
 from daemon.redaction import redact, redact_optional
+from daemon.rereads import Checkpointed
 
 # Key of the session advisory lock that serialises migrate() across replicas: "pivotal" in
 # ASCII, so it is recognisable in pg_locks and unlikely to collide with another application.
@@ -51,6 +52,7 @@ CLOSE_TIMEOUT_SECONDS = 3.0
 # A dead letter redriven this many times is not redriven again (a poison event cannot loop).
 MAX_REDRIVES = 3
 
+_KINDS = {kind.value: kind for kind in EntityKind}
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+$")
 _QUERY_HEADER = re.compile(r"^-- (\w+) --$", re.MULTILINE)
 
@@ -263,6 +265,27 @@ class CheckpointStore:
             # Map back through _text so an id that had to be cleaned is still recognised.
             known = {r["event_id"] for r in rows}
             found |= {i for i in chunk if _text(i) in known}
+        return found
+
+    async def checkpoints_of(
+        self, candidates: Sequence[tuple[str, RecordRef]]
+    ) -> list[Checkpointed | None]:
+        """For each (event id, record): its id's checkpoint, if any, and whether it was written
+        for that very record (see rereads.py); aligned with `candidates`."""
+        found: list[Checkpointed | None] = [None] * len(candidates)
+        if not candidates:
+            return found
+        rows = await self._pool.fetch(
+            QUERIES["checkpoints_of"],
+            [_text(event_id) for event_id, _ in candidates],
+            [_text(record.topic) for _, record in candidates],
+            [record.partition for _, record in candidates],
+            [record.offset for _, record in candidates],
+        )
+        for n, kind, external_id, same_record in rows:
+            # A dict look-up, not EntityKind(kind): this runs once per re-read event.
+            entity = None if kind is None else EntityKey(kind=_KINDS[kind], external_id=external_id)
+            found[n - 1] = Checkpointed(same_record=same_record, entity=entity)
         return found
 
     # -- the operator tools' reads ---------------------------------------------------------------

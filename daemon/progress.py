@@ -1,6 +1,7 @@
 """Per-partition progress: which Kafka offset is safe to commit. No I/O.
 
     progress.track(topic, partition, offset)   # handed to the pipeline (in offset order)
+    progress.track_many(topic, partition, offsets)  # the same for a fetched batch, at once
     progress.finish(topic, partition, offset)  # its outcome is durable in Postgres
     progress.committable() -> {(topic, partition): position}
     progress.mark_committed(positions)         # after `consumer.commit` succeeded
@@ -16,8 +17,9 @@ offsets (the head is the candidate position) and a set of the unfinished ones: `
 
 from __future__ import annotations
 
+import operator
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 TopicPartition = tuple[str, int]
@@ -54,6 +56,17 @@ class Progress:
         state.tracked.append(offset)
         state.unfinished.add(offset)
         state.next_offset = offset + 1
+
+    def track_many(self, topic: str, partition: int, offsets: Sequence[int]) -> None:
+        """`track` for a fetched batch of one partition: C-speed appends, one order check."""
+        if not offsets:
+            return
+        state = self._partitions.setdefault((topic, partition), _Partition())
+        if offsets[0] < state.next_offset or not all(map(operator.lt, offsets, offsets[1:])):
+            raise ValueError(f"{topic}[{partition}]: offsets {offsets[0]}… tracked out of order")
+        state.tracked.extend(offsets)
+        state.unfinished.update(offsets)
+        state.next_offset = offsets[-1] + 1
 
     def finish(self, topic: str, partition: int, offset: int) -> bool:
         """The outcome of this offset is durable; False when it was not tracked (e.g. revoked)."""

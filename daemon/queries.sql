@@ -36,6 +36,15 @@ SELECT 1;
 -- Which of these event ids already have a checkpoint row
 SELECT event_id FROM checkpoints WHERE event_id = ANY($1::text[]);
 
+-- checkpoints_of --
+-- Checkpoint rows of (event id, record) pairs, by ordinal: written for that very record or not?
+SELECT i.n, c.entity_kind, c.entity_external_id,
+    c.topic = i.topic AND c.kafka_partition = i.kafka_partition
+        AND c.kafka_offset = i.kafka_offset AS same_record
+FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[]) WITH ORDINALITY
+    AS i (event_id, topic, kafka_partition, kafka_offset, n)
+JOIN checkpoints AS c ON c.event_id = i.event_id;
+
 -- load_entities --
 -- Entity map rows for these (kind, external id) pairs
 SELECT e.kind, e.external_id, e.pivotal_id, e.customer_external_id, e.last_sequence, e.deleted

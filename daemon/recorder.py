@@ -21,7 +21,8 @@ from daemon.admitted import Admitted
 from daemon.backoff import Backoff
 from daemon.events import EntityKey
 from daemon.metrics import Metrics
-from daemon.outcomes import EntityState, Finished, Outcome
+from daemon.outcome_log import OutcomeLog
+from daemon.outcomes import EntityState, Finished
 from daemon.progress import Progress
 
 RETRY_BASE_SECONDS = 0.2
@@ -67,10 +68,10 @@ class Recorder:
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
         self._backoff = Backoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
+        self._outcome_log = OutcomeLog(metrics)
 
     def add(self, finished: Sequence[Finished], entities: Sequence[EntityState] = ()) -> None:
-        for item in finished:
-            self._log_finished(item)
+        self._outcome_log.finished(finished)
         self._finished.extend(finished)
         for state in entities:
             self._entities[state.key] = state  # the latest state of an entity wins
@@ -79,10 +80,9 @@ class Recorder:
 
     def add_durable(self, finished: Sequence[Finished]) -> None:
         """Outcomes that are durable already (a replayed event found in the checkpoint table):
-        log them and release their offsets without another write."""
-        for item in finished:
-            self._log_finished(item)
-        self._release(list(finished))
+        count them and release their offsets without another write."""
+        self._outcome_log.finished(finished)
+        self._release(finished)
 
     @property
     def backlog(self) -> int:
@@ -95,6 +95,7 @@ class Recorder:
             self._wakeup.clear()
             await self.flush()
         await self.flush()
+        self._outcome_log.summarize()
 
     async def flush(self) -> None:
         """Write everything buffered; retries until it lands (callers bound it with timeouts)."""
@@ -133,37 +134,15 @@ class Recorder:
         self._metrics.checkpoint_duration.observe(time.perf_counter() - started)
         self._metrics.last_checkpoint.set(time.time())
 
-    def _release(self, finished: list[Finished]) -> None:
+    def _release(self, finished: Sequence[Finished]) -> None:
         if self._store is None:
             return  # dry run: nothing is durable, so nothing may be committed
+        finish = self._progress.finish
         for item in finished:
-            self._progress.finish(item.record.topic, item.record.partition, item.record.offset)
+            record = item.record
+            finish(record.topic, record.partition, record.offset)
         if self._dead_letter_topic is not None:
             self._dead_letter_topic.forward(finished)
         copies = self._admitted.settle(finished)
         if copies:
             self.add_durable(copies)
-
-    def _log_finished(self, item: Finished) -> None:
-        kind = item.entity.kind.value if item.entity else "unknown"
-        self._metrics.events_finished.labels(outcome=item.outcome.value, kind=kind).inc()
-        fields: dict[str, object] = {
-            "event_id": item.event_id,
-            "outcome": item.outcome.value,
-            "partition": item.record.partition,
-            "offset": item.record.offset,
-        }
-        if item.entity is not None:
-            fields["entity"] = str(item.entity)
-        if item.pivotal_id is not None:
-            fields["pivotal_id"] = item.pivotal_id
-        if item.dead_letter is not None:
-            self._metrics.dead_letters.labels(reason=item.dead_letter.reason).inc()
-            fields["reason"] = item.dead_letter.reason
-            fields["detail"] = item.dead_letter.detail[:300]
-            if item.dead_letter.status is not None:
-                fields["status"] = item.dead_letter.status
-        if item.outcome is Outcome.DEAD_LETTERED:
-            log.warning("event_finished", **fields)
-        else:
-            log.info("event_finished", **fields)

@@ -248,7 +248,9 @@ class Source:
             offset=record.offset,
             key=record.key,
             value=record.value,
-            headers=tuple((str(k), bytes(v or b"")) for k, v in (record.headers or ())),
+            headers=tuple((str(k), bytes(v or b"")) for k, v in record.headers)
+            if record.headers
+            else (),
             timestamp_ms=record.timestamp,
         )
 

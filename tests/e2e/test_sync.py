@@ -8,11 +8,12 @@ against it, and checks the sandbox's final state against the state computed from
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from devtools.sample_stream import StreamSpec, generate
+from devtools.sample_stream import Message, StreamSpec, generate
 from tests.e2e.conftest import ScenarioFactory
 from tests.fixtures.kafka import MakeTopic
 
@@ -73,6 +74,46 @@ async def test_two_daemons_in_one_group_one_stopped_halfway_finish_the_stream(
         assert second.alive()
         assert s.problems(expected) == []
         assert s.admin.stats()["duplicates"] == []
+
+
+async def test_a_new_group_rereads_a_finished_stream_sending_only_what_is_new(
+    scenario: ScenarioFactory,
+) -> None:
+    """A group reset re-reads every record: the finished ones cost no request (and no line of
+    their own in the log), copies of them at new offsets are duplicates, a new event is sent."""
+    async with scenario() as s:
+        messages = generate(StreamSpec(customers=40, malformed=6, prefix="reread"))
+        expected = await s.publish(messages)
+        first = s.start_daemon()
+        await s.wait_caught_up()
+        assert first.stop() == 0
+        before = s.admin.stats()["requests_total"]
+        live = sorted(expected.customers)[0]
+        news = {
+            "specversion": "1.0",
+            "id": "reread_news_1",
+            "source": "crm/test",
+            "type": "customer.updated",
+            "subject": live,
+            "sequence": "1000",
+            "data": {"mrr": 4242},
+        }
+        copies = messages[:60]  # a producer retry: the same events again, at new offsets
+        expected = await s.publish([*copies, Message(live.encode(), json.dumps(news).encode())])
+        s.group = f"{s.group}_reset"
+        daemon = s.start_daemon()
+        await s.wait_caught_up()
+        duplicates = daemon.total("pivotal_sync_events_finished_total", outcome="duplicate")
+        assert daemon.stop() == 0
+        assert s.admin.stats()["requests_total"] - before == 1
+        assert s.problems(expected) == []
+        assert expected.customers[live]["mrr"] == 4242
+    assert duplicates == len(messages) + len(copies)
+    lines = [json.loads(line) for line in daemon.log_path.read_text().splitlines()]
+    finished = [line for line in lines if line["event"] == "event_finished"]
+    assert [(line["event_id"], line["outcome"]) for line in finished] == [("reread_news_1", "sent")]
+    summaries = [line for line in lines if line["event"] == "events_finished_summary"]
+    assert sum(line["outcomes"].get("duplicate", 0) for line in summaries) == duplicates
 
 
 async def test_a_flaky_slow_api_still_gets_the_exact_state(scenario: ScenarioFactory) -> None:

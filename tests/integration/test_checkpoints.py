@@ -21,6 +21,7 @@ from daemon.entities import Intent
 from daemon.events import EntityKey, EntityKind, RecordRef
 from daemon.metrics import Metrics
 from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
+from daemon.rereads import Checkpointed
 
 pytestmark = pytest.mark.postgres
 
@@ -512,3 +513,31 @@ async def test_summary_counts_outcomes_dead_letters_entities_and_last_checkpoint
     assert summary.last_checkpoint is not None
     [newest, *_] = await store.dead_letters()
     assert abs(summary.last_checkpoint - newest.last_seen) < timedelta(seconds=1)
+
+
+async def test_checkpoints_of_tells_whether_the_row_was_written_for_that_very_record(
+    store: CheckpointStore,
+) -> None:
+    """A re-read record matches its own row; its id at another offset or topic only exists."""
+    entity = EntityKey(kind=CUSTOMER, external_id="c1")
+    await store.record([done("e1", 5, entity=entity), done("e2", 6)], [])
+    elsewhere = RecordRef(topic="other", partition=0, offset=5, key=None, value=b"{}")
+    found = await store.checkpoints_of(
+        [
+            ("e1", ref(5)),
+            ("e1", ref(7)),
+            ("e3", ref(5)),
+            ("e1", elsewhere),
+            ("e2", ref(6, partition=1)),
+            ("e2", ref(6)),
+        ]
+    )
+    assert found == [
+        Checkpointed(same_record=True, entity=entity),
+        Checkpointed(same_record=False, entity=entity),
+        None,
+        Checkpointed(same_record=False, entity=entity),
+        Checkpointed(same_record=False, entity=None),
+        Checkpointed(same_record=True, entity=None),
+    ]
+    assert await store.checkpoints_of([]) == []

@@ -14,6 +14,7 @@ from daemon.entities import Intent
 from daemon.events import EntityKey, RecordRef
 from daemon.metrics import Metrics
 from daemon.outcomes import EntityState, Finished
+from daemon.rereads import Checkpointed
 
 TOPIC = "crm"
 
@@ -69,6 +70,26 @@ class MemoryCheckpoints:
     async def finished_ids(self, ids: Sequence[str]) -> set[str]:
         self._outage()
         return self.done & set(ids)
+
+    async def checkpoints_of(
+        self, candidates: list[tuple[str, RecordRef]]
+    ) -> list[Checkpointed | None]:
+        self._outage()
+        rows: dict[str, Finished] = {}
+        for item in self.finished:
+            rows.setdefault(item.event_id, item)  # the first row of an id stays, as in Postgres
+        return [self._checkpoint(event_id, record, rows) for event_id, record in candidates]
+
+    def _checkpoint(
+        self, event_id: str, record: RecordRef, rows: dict[str, Finished]
+    ) -> Checkpointed | None:
+        row = rows.get(event_id)
+        if row is not None:
+            position = (row.record.topic, row.record.partition, row.record.offset)
+            same = position == (record.topic, record.partition, record.offset)
+            return Checkpointed(same_record=same, entity=row.entity)
+        # Ids put in `done` directly were finished by some other record.
+        return Checkpointed(same_record=False, entity=None) if event_id in self.done else None
 
     async def load_entities(self, keys: list[EntityKey]) -> dict[EntityKey, EntityState]:
         self._outage()

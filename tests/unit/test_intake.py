@@ -18,7 +18,9 @@ from daemon.admitted import Admitted
 from daemon.backoff import Backoff
 from daemon.dispatcher import Dispatcher
 from daemon.entities import EntityCache
-from daemon.events import EntityKey, EntityKind
+from daemon.events import EntityKey, EntityKind, Event, RecordRef
+from daemon.formats import Skip
+from daemon.formats.mapping import MappingFile
 from daemon.intake import Intake
 from daemon.metrics import Metrics
 from daemon.outcomes import EntityState, Finished, Outcome
@@ -148,6 +150,41 @@ async def test_an_id_in_the_checkpoint_table_is_skipped_as_a_duplicate(pipeline:
     assert pipeline.progress.committable() == {TP: 1}  # offset 0 done, evt-2 still running
     await pipeline.recorder.flush()
     assert pipeline.store.finished == []
+
+
+async def test_a_record_reread_after_it_finished_is_skipped_without_being_parsed(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group reset re-reads a record whose row was written for it: skipped unparsed, its
+    entity taken from the row; a copy of that event at another offset still takes the full
+    path and is a duplicate too."""
+    first = record(0, "evt-1")
+    pipeline.store.finished.append(
+        Finished(event_id="evt-1", record=first, outcome=Outcome.SENT, entity=CUS_1)
+    )
+    pipeline.store.done.add("evt-1")
+    decoded: list[int] = []
+    real_decode = MappingFile.decode
+
+    def counting_decode(self: MappingFile, ref: RecordRef) -> Event | Skip:
+        decoded.append(ref.offset)
+        return real_decode(self, ref)
+
+    monkeypatch.setattr(MappingFile, "decode", counting_decode)
+    await pipeline.intake.admit([first, record(5, "evt-1"), record(6, "evt-2")])
+    assert decoded == [5, 6]
+    assert finished_count(pipeline.metrics, "duplicate") == 2
+    assert pipeline.scheduler.pending_events == 1  # only evt-2
+    assert pipeline.progress.committable() == {TP: 6}
+
+
+async def test_an_invalid_record_reread_is_found_by_its_record_id(pipeline: Pipeline) -> None:
+    """A dead-lettered record has no usable id of its own: its row is found by record id."""
+    bad = raw_record(0, b'{"id": "evt-9", "type": "customer.renamed"}')
+    pipeline.store.done.add(Finished.record_id(bad))
+    await pipeline.intake.admit([bad])
+    assert finished_count(pipeline.metrics, "duplicate", kind="unknown") == 1
+    assert pipeline.progress.committable() == {TP: 1}
 
 
 async def test_a_second_copy_of_an_admitted_id_waits_until_the_original_is_durable(

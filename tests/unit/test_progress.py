@@ -146,3 +146,24 @@ def test_the_commit_position_never_passes_an_unfinished_offset(
     for offset in sorted(unfinished):
         progress.finish(*TP, offset)
     assert progress.committable().get(TP, committed) == offsets[-1] + 1
+
+
+def test_a_batch_tracked_at_once_is_the_same_as_tracking_each_offset() -> None:
+    """track_many leaves the same positions as one track per offset."""
+    one, many = tracked(3, 7), Progress()
+    many.track_many(*TP, [3, 7])
+    for progress in (one, many):
+        progress.track_many(*TP, [8, 12])
+        progress.finish(*TP, 3)
+        progress.finish(*TP, 8)
+    assert one.committable() == many.committable() == {TP: 7}
+    assert many.pending(TP) == 2
+
+
+@pytest.mark.parametrize("offsets", [[4, 6], [9, 8], [10, 10]])
+def test_a_batch_out_of_order_or_behind_what_was_tracked_is_refused(offsets: list[int]) -> None:
+    """A batch must start past the last tracked offset and increase throughout."""
+    progress = tracked(5)
+    with pytest.raises(ValueError, match="out of order"):
+        progress.track_many(*TP, offsets)
+    assert progress.pending(TP) == 1
