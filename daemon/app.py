@@ -39,6 +39,7 @@ from daemon.postgres_outages import through_outages
 from daemon.progress import Progress
 from daemon.quota_ledger import PostgresLedger, SharedPacer, key_hash
 from daemon.ratelimit import RateLimiter
+from daemon.record_reader import RecordReader
 from daemon.recorder import Recorder
 from daemon.scheduler import Scheduler
 from daemon.server import create_app, serve
@@ -296,6 +297,7 @@ class Daemon:
             scheduler=scheduler,
             entities=entities,
             recorder=recorder,
+            held_records=RecordReader(self.kafka),
             intents=None if s.dry_run else store,
             metrics=metrics,
             workers=s.max_in_flight,
@@ -466,7 +468,7 @@ class _Rebalance:
         log.info(
             "partitions_released",
             running_work_finished=finished,
-            waiting_events_dropped=len(dropped),
+            waiting_events_dropped=sum(work.event_count for work in dropped),
             seconds=round(time.monotonic() - started, 3),
         )
 

@@ -160,8 +160,12 @@ class Settings(BaseSettings):
     drain_timeout_seconds: float = Field(default=20.0, ge=0)
     # A contact or onboarding whose customer has no Pivotal id after this long: parent_missing.
     parent_timeout_seconds: float = Field(default=300.0, gt=0)
-    # Events held in memory before fetching pauses (bounded memory under any backlog).
+    # Events held whole in memory (each with its record and fields, ~1 KB) before fetching
+    # pauses: bounded memory under any backlog.
     max_pending_events: int = Field(default=5000, ge=10)
+    # Events held merged into a waiting request (an id and a position, ~100 bytes with their
+    # offset tracking) before fetching pauses: how far a coalescing backlog can be read ahead.
+    max_merged_events: int = Field(default=500_000, ge=0)
     # While the key is refused (401), probe GET /me this often instead of sending work.
     auth_probe_interval_seconds: float = Field(default=15.0, gt=0)
     checkpoint_flush_interval_seconds: float = Field(default=0.05, gt=0)

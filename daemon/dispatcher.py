@@ -30,13 +30,14 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from aiokafka.errors import KafkaError
 
-from daemon.backoff import Backoff, Stopped
+from daemon.backoff import Backoff, Stopped, retry
 from daemon.create_intents import IntentStore, IntentWriter
 from daemon.entities import EntityCache, Intent
 from daemon.errors import (
@@ -46,7 +47,8 @@ from daemon.errors import (
     RateLimitedError,
     TransientError,
 )
-from daemon.events import Action, EntityKey, EntityKind, Event
+from daemon.events import Action, EntityKey, EntityKind, Event, RecordRef
+from daemon.merged_events import Position, position_only
 from daemon.metrics import Metrics, status_class
 from daemon.outcomes import DeadLetter, EntityState, Finished, Outcome
 from daemon.pivotal import ApiResponse
@@ -87,6 +89,12 @@ class Pacer(Protocol):
 
     @property
     def paused_reasons(self) -> frozenset[str]: ...
+
+
+class HeldRecords(Protocol):
+    """Where the bytes of merged events are read back for their dead letters (record_reader.py)."""
+
+    async def read(self, positions: Collection[Position]) -> dict[Position, RecordRef]: ...
 
 
 class Api(Protocol):
@@ -145,6 +153,7 @@ class Dispatcher:
         scheduler: Scheduler,
         entities: EntityCache,
         recorder: Recorder,
+        held_records: HeldRecords | None,
         intents: IntentStore | None,
         metrics: Metrics,
         workers: int,
@@ -160,6 +169,7 @@ class Dispatcher:
         self._scheduler = scheduler
         self._entities = entities
         self._recorder = recorder
+        self._held_records = held_records
         self._metrics = metrics
         self._workers = workers
         self._source = record_source
@@ -202,9 +212,7 @@ class Dispatcher:
         return len(self._failing) >= INTERNAL_ERROR_SYSTEMIC_ENTITIES
 
     def in_flight_partitions(self) -> set[tuple[str, int]]:
-        return {
-            (e.record.topic, e.record.partition) for w in self._running.values() for e in w.events
-        }
+        return {tp for work in self._running.values() for tp in work.partitions()}
 
     async def wait_until_idle(self, partitions: set[tuple[str, int]], limit_seconds: float) -> bool:
         """Wait until no running work holds events of `partitions` (rebalance, shutdown)."""
@@ -249,7 +257,7 @@ class Dispatcher:
             try:
                 await self._process(work)
             except Abandoned:
-                log.info("work_abandoned", entity=str(work.entity), events=len(work.events))
+                log.info("work_abandoned", entity=str(work.entity), events=work.event_count)
                 return
             finally:
                 self._running.pop(id(work), None)
@@ -279,9 +287,12 @@ class Dispatcher:
                     f"customer {work.customer_external_id!r} has no Pivotal id after "
                     f"{self._parent_timeout:g} s"
                 )
-                self._finish_rejected(
-                    work, Rejected(DeadLetter(reason="parent_missing", detail=detail))
-                )
+                try:
+                    await self._finish_rejected(
+                        work, Rejected(DeadLetter(reason="parent_missing", detail=detail))
+                    )
+                except Abandoned:
+                    return  # stopping: unfinished, so redelivered after the restart
             if expired:
                 self._update_gauges()
 
@@ -292,7 +303,7 @@ class Dispatcher:
             try:
                 applied = await self._apply(work)
             except Rejected as rejected:
-                self._finish_rejected(work, rejected)
+                await self._finish_rejected(work, rejected)
                 return
             except Abandoned:
                 raise
@@ -301,7 +312,7 @@ class Dispatcher:
                 others_work = self._successes > successes_before
                 if await self._after_internal_error(work, exc, attempt, others_work):
                     continue
-                self._finish_rejected(work, Rejected(_internal_error_letter(exc, attempt)))
+                await self._finish_rejected(work, Rejected(_internal_error_letter(exc, attempt)))
                 return
             self._internal_errors_over()
             self._finish_applied(work, applied)
@@ -318,7 +329,7 @@ class Dispatcher:
         log.error(
             "internal_error",
             entity=str(work.entity),
-            event_ids=[e.id for e in work.events][:10],
+            event_ids=work.event_ids()[-10:],
             attempt=attempt,
             systemic=systemic,
             exc_info=exc,
@@ -450,7 +461,7 @@ class Dispatcher:
                 body["customer_id"] = parent_id
         intent = Intent(
             key=work.entity,
-            idempotency_key=idempotency_key(work.entity, work.events[0].id),
+            idempotency_key=idempotency_key(work.entity, work.first_event_id),
             parent_id=parent_id,
             body=body,
         )
@@ -643,42 +654,66 @@ class Dispatcher:
 
     # -- finishing -------------------------------------------------------------------------
     def _finish_applied(self, work: PendingRequest, applied: Applied) -> None:
-        last = work.events[-1]
-        finished = [
-            self._finished(e, Outcome.SUPERSEDED, work, applied.state) for e in work.superseded
-        ]
-        finished += [
-            self._finished(e, Outcome.COALESCED, work, applied.state) for e in work.events[:-1]
-        ]
-        finished.append(self._finished(last, applied.outcome, work, applied.state))
-        if len(work.events) > 1:
-            self._metrics.coalesced.inc(len(work.events) - 1)
-        self._recorder.add(finished, [applied.state] if applied.state else [])
+        pivotal_id = applied.state.pivotal_id if applied.state else None
 
-    def _finish_rejected(self, work: PendingRequest, rejected: Rejected) -> None:
+        def finished(event_id: str, record: RecordRef, outcome: Outcome) -> Finished:
+            return Finished(
+                event_id=event_id,
+                record=record,
+                outcome=outcome,
+                entity=work.entity,
+                pivotal_id=pivotal_id,
+            )
+
+        done = [finished(i, position_only(p), Outcome.SUPERSEDED) for i, p in work.superseded]
+        done += [finished(i, position_only(p), Outcome.COALESCED) for i, p in work.merged]
+        done.append(finished(work.carrier.id, work.carrier.record, applied.outcome))
+        if work.merged:
+            self._metrics.coalesced.inc(len(work.merged))
+        self._recorder.add(done, [applied.state] if applied.state else [])
+
+    async def _finish_rejected(self, work: PendingRequest, rejected: Rejected) -> None:
+        """Dead-letter every event of the work, each with its record as it arrived (the merged
+        ones read back from Kafka first). Raises Abandoned when stopping meanwhile."""
+        held = [*work.superseded, *work.merged]
+        records = await self._read_back([position for _, position in held]) if held else {}
+        letters = [(event_id, records[position]) for event_id, position in held]
+        letters.append((work.carrier.id, work.carrier.record))
         finished = [
             Finished(
-                event_id=e.id,
-                record=e.record,
+                event_id=event_id,
+                record=record,
                 outcome=Outcome.DEAD_LETTERED,
                 entity=work.entity,
                 dead_letter=rejected.dead_letter,
             )
-            for e in [*work.superseded, *work.events]
+            for event_id, record in letters
         ]
         self._recorder.add(finished, [rejected.state] if rejected.state else [])
 
-    @staticmethod
-    def _finished(
-        event: Event, outcome: Outcome, work: PendingRequest, state: EntityState | None
-    ) -> Finished:
-        return Finished(
-            event_id=event.id,
-            record=event.record,
-            outcome=outcome,
-            entity=work.entity,
-            pivotal_id=state.pivotal_id if state else None,
-        )
+    async def _read_back(self, positions: list[Position]) -> dict[Position, RecordRef]:
+        def report(exc: BaseException, attempt: int, delay: float) -> None:
+            log.warning(
+                "held_records_unreadable",
+                error=type(exc).__name__,
+                records=len(positions),
+                attempt=attempt,
+                retry_in_seconds=round(delay, 2),
+            )
+
+        reader = self._held_records
+        if reader is None:
+            raise RuntimeError("events were merged, and nothing can read their records back")
+        try:
+            return await retry(
+                lambda: reader.read(positions),
+                retry_on=(KafkaError, OSError),
+                backoff=self._backoff,
+                stop=self._stop,
+                on_retry=report,
+            )
+        except Stopped:
+            raise Abandoned from None
 
     def _update_gauges(self) -> None:
         self._metrics.pending_events.set(self._scheduler.pending_events)

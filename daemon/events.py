@@ -64,6 +64,21 @@ class RecordRef:
     def log_context(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
+    @classmethod
+    def of(cls, record: Any) -> RecordRef:
+        """From an aiokafka `ConsumerRecord`."""
+        return cls(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=tuple((str(k), bytes(v or b"")) for k, v in record.headers)
+            if record.headers
+            else (),
+            timestamp_ms=record.timestamp,
+        )
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Event:

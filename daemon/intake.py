@@ -35,6 +35,7 @@ from daemon.postgres_outages import through_outages
 from daemon.progress import Progress
 from daemon.recorder import Recorder
 from daemon.rereads import CheckpointsOf, id_hint, look_up
+from daemon.scheduler import PendingRequest
 
 log = structlog.get_logger("pivotal_sync.intake")
 
@@ -71,11 +72,11 @@ class Intake:
         self._stop = stop if stop is not None else asyncio.Event()
         self._limits = limits if limits is not None else Limits()
 
-    def release(self, events: Sequence[Event]) -> None:
-        """Events dropped unfinished (their partition was revoked): forget we admitted them,
-        and reload their entities from Postgres when they come back."""
-        self._admitted.drop(e.id for e in events)
-        self._entities.forget({e.entity for e in events})
+    def release(self, works: Sequence[PendingRequest]) -> None:
+        """Works dropped unfinished (their partition was revoked): forget we admitted their
+        events, and reload their entities from Postgres when they come back."""
+        self._admitted.drop(event_id for work in works for event_id in work.event_ids())
+        self._entities.forget({work.entity for work in works})
 
     async def admit(self, records: Sequence[RecordRef]) -> None:
         try:

@@ -35,7 +35,7 @@ Rules, in the order they matter:
    after a waiting delete is a new work (a re-create).
 5. **Supersession.** A delete arriving while an upsert of the same entity waits (never handed
    out) takes that upsert's place in the lane, and its events move to the delete's
-   `superseded` list: they cost no request, and they are still finished with the delete, so
+   `superseded`: they cost no request, and they are still finished with the delete, so
    their offsets get committed. A customer delete supersedes only when no child work waits in
    the lane: any of those could need the customer created first.
 6. **A work once handed out is frozen.** A requeued work goes back at the head of its lane
@@ -53,7 +53,10 @@ Rules, in the order they matter:
    simply not have been sent yet; but a create queued behind a waiting customer delete cannot
    run before the children in front of that delete, and waiting for it would block the lane).
 
-Memory: one `PendingRequest` per run of coalesced events, one small `_Lane` per customer with
+Memory: one `PendingRequest` per run of coalesced events, holding whole only its last event
+(the carrier); the events merged into it or superseded are held as an id and a position
+(daemon/merged_events.py, ~16 bytes beside the id), so a backlog of many updates per entity
+fits in memory and coalesces. One small `_Lane` per customer with
 work; lanes are removed as soon as they are idle and empty (with them, their held sequences:
 from then on the entity map's `applied_sequence` is what detects staleness).
 """
@@ -66,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.events import Action, EntityKey, EntityKind, Event
+from daemon.merged_events import MergedEvents
 
 ParentReady = Callable[[str], bool]
 
@@ -81,34 +85,52 @@ class PendingRequest:
     customer_external_id: str
     # Merged fields of the events (later wins, shallow). Empty for deletes.
     fields: dict[str, Any]
-    # Every event this work finishes, in arrival (offset) order; the last one carries the request.
-    events: list[Event]
-    # The highest `sequence` among `events` and `superseded` (None when none has one): the
-    # entity's sequence once this work is applied.
+    # The last event: the one whose request this is (held whole; the earlier ones are merged).
+    carrier: Event
+    # The first event's id, for the create's Idempotency-Key: fixed for the life of the work.
+    first_event_id: str
+    # The highest `sequence` among all of its events (None when none has one): the entity's
+    # sequence once this work is applied.
     sequence: int | None
     # When the first event of this work arrived, for the parent timeout.
     enqueued_at: float
+    # Earlier events merged into this one (their fields are in `fields`): finish as COALESCED.
+    merged: MergedEvents = field(default_factory=MergedEvents)
     # Earlier upserts of the entity made moot by this delete: finish them as SUPERSEDED.
-    superseded: list[Event] = field(default_factory=list)
+    superseded: MergedEvents = field(default_factory=MergedEvents)
     # Position in the lane: creation order (a superseding delete takes its upsert's place).
     order: int = 0
     # Handed out at least once: frozen from then on (rule 6 of the module docstring).
     attempted: bool = False
 
     @property
-    def carrier(self) -> Event:
-        """The event whose request this is: the last one."""
-        return self.events[-1]
+    def held_compactly(self) -> int:
+        """Events of this work held as an id and a position (daemon/merged_events.py)."""
+        return len(self.merged) + len(self.superseded)
 
     @property
     def event_count(self) -> int:
         """How many events finish with this work."""
-        return len(self.events) + len(self.superseded)
+        return 1 + self.held_compactly
+
+    def event_ids(self) -> list[str]:
+        """Every event id this work finishes: superseded, merged, then the carrier."""
+        return [*self.superseded.ids(), *self.merged.ids(), self.carrier.id]
+
+    def partitions(self) -> set[tuple[str, int]]:
+        """The (topic, partition)s its events came from."""
+        record = self.carrier.record
+        return (
+            {(record.topic, record.partition)}
+            | self.merged.partitions()
+            | (self.superseded.partitions())
+        )
 
     def absorb(self, event: Event) -> None:
         """Merge a later event of the same entity and action into this work."""
         self.fields.update(event.fields)
-        self.events.append(event)
+        self.merged.add(self.carrier.id, self.carrier.record)
+        self.carrier = event
         if event.sequence is not None:
             self.sequence = (
                 event.sequence if self.sequence is None else max(self.sequence, event.sequence)
@@ -160,6 +182,7 @@ class Scheduler:
         self._turns: deque[str] = deque()
         self._next_order = 0
         self._pending_events = 0
+        self._compact_events = 0
         self._waiting_works = 0
         self._busy_lanes = 0
 
@@ -167,6 +190,11 @@ class Scheduler:
     def pending_events(self) -> int:
         """Events held (waiting or in flight) and not yet done: for backpressure."""
         return self._pending_events
+
+    @property
+    def compact_events(self) -> int:
+        """Of those, the events held merged into a work, as an id and a position only."""
+        return self._compact_events
 
     @property
     def waiting_works(self) -> int:
@@ -220,7 +248,7 @@ class Scheduler:
     def done(self, work: PendingRequest) -> None:
         """The work's outcome is recorded: its lane is idle again."""
         lane = self._release(work)
-        self._pending_events -= work.event_count
+        self._forget(work)
         self._give_turn(lane)
         self._drop_if_empty(lane)
 
@@ -254,39 +282,34 @@ class Scheduler:
             old = _orphans(lane, now - timeout)
             for work in old:
                 self._remove_waiting(lane, work)
-                self._pending_events -= work.event_count
+                self._forget(work)
             expired.extend(old)
             self._drop_if_empty(lane)
         self._prune_turns()
         return expired
 
-    def drop_partitions(self, partitions: Collection[tuple[str, int]]) -> list[Event]:
-        """On revoke: remove the waiting works of these (topic, partition)s, return their events.
+    def drop_partitions(self, partitions: Collection[tuple[str, int]]) -> list[PendingRequest]:
+        """On revoke: remove the waiting works of these (topic, partition)s and return them.
 
-        The new owner of a partition reads those events again, so they must be neither sent nor
+        The new owner of a partition reads their events again, so they must be neither sent nor
         finished here. Works in flight are left to finish. A work mixing events of a revoked and
         a kept partition (only when a producer files a child under another customer than its
         record key) is kept whole: sending it is safe, and Progress ignores the revoked offsets.
         """
         revoked = set(partitions)
-        dropped: list[Event] = []
+        dropped: list[PendingRequest] = []
         for lane in list(self._lanes.values()):
-            gone = [
-                work
-                for work in lane.works.values()
-                if all((e.record.topic, e.record.partition) in revoked for e in _all_events(work))
-            ]
+            gone = [work for work in lane.works.values() if work.partitions() <= revoked]
             for work in gone:
                 del lane.works[work.order]
                 lane.count(work, -1)
                 self._waiting_works -= 1
-                self._pending_events -= work.event_count
-                dropped.extend(_all_events(work))
+                self._forget(work)
+            dropped += gone
             if gone:
                 self._reindex(lane)
                 self._drop_if_empty(lane)
         self._prune_turns()
-        dropped.sort(key=lambda e: (e.record.topic, e.record.partition, e.record.offset))
         return dropped
 
     # -- adding -------------------------------------------------------------------------------
@@ -300,6 +323,7 @@ class Scheduler:
             and (lane.barrier is None or tail.order > lane.barrier)
         ):
             tail.absorb(event)
+            self._compact_events += 1
             return
         self._append(lane, self._new_work(event, now))
 
@@ -309,6 +333,7 @@ class Scheduler:
             self._append(lane, self._new_work(event, now))
         elif tail.action is Action.DELETE:
             tail.absorb(event)
+            self._compact_events += 1
         elif event.entity.kind is EntityKind.CUSTOMER and lane.children:
             # Rule 5: a waiting child may need this customer's upsert to run first.
             self._append(lane, self._new_work(event, now))
@@ -318,7 +343,10 @@ class Scheduler:
     def _supersede(self, lane: _Lane, upsert: PendingRequest, event: Event) -> None:
         delete = self._new_work(event, upsert.enqueued_at)
         delete.order = upsert.order
-        delete.superseded = [*upsert.superseded, *upsert.events]
+        delete.superseded.extend(upsert.superseded)
+        delete.superseded.extend(upsert.merged)
+        delete.superseded.add(upsert.carrier.id, upsert.carrier.record)
+        self._compact_events += 1
         # Sequences increase within a lane (rule 7): the delete's covers the upserts it moots.
         if delete.sequence is None:
             delete.sequence = upsert.sequence
@@ -336,7 +364,8 @@ class Scheduler:
             action=event.action,
             customer_external_id=event.customer_external_id,
             fields=dict(event.fields) if event.action is Action.UPSERT else {},
-            events=[event],
+            carrier=event,
+            first_event_id=event.id,
             sequence=event.sequence,
             enqueued_at=now,
         )
@@ -398,6 +427,11 @@ class Scheduler:
 
     # -- lanes --------------------------------------------------------------------------------
 
+    def _forget(self, work: PendingRequest) -> None:
+        """`work` left the scheduler (done, expired or dropped): its events are not held."""
+        self._pending_events -= work.event_count
+        self._compact_events -= work.held_compactly
+
     def _release(self, work: PendingRequest) -> _Lane:
         lane = self._lanes.get(work.lane)
         if lane is None or lane.in_flight is not work:
@@ -433,10 +467,10 @@ class Scheduler:
         lane.barrier = max(deletes, default=None)
         lane.sequences = {}
         held = [*lane.works.values(), *([lane.in_flight] if lane.in_flight else [])]
-        for event in (event for work in held for event in _all_events(work)):
-            if event.sequence is not None:
-                latest = lane.sequences.get(event.entity, event.sequence)
-                lane.sequences[event.entity] = max(latest, event.sequence)
+        for work in held:  # a work's sequence is the highest of its events'
+            if work.sequence is not None:
+                latest = lane.sequences.get(work.entity, work.sequence)
+                lane.sequences[work.entity] = max(latest, work.sequence)
 
 
 def _orphans(lane: _Lane, deadline: float) -> list[PendingRequest]:
@@ -458,7 +492,3 @@ def _orphans(lane: _Lane, deadline: float) -> list[PendingRequest]:
         if work.action is Action.UPSERT and work.enqueued_at <= deadline and not saved:
             orphans.append(work)
     return orphans
-
-
-def _all_events(work: PendingRequest) -> list[Event]:
-    return [*work.superseded, *work.events]

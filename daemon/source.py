@@ -2,9 +2,10 @@
 
 Auto-commit is off. Offsets are committed only from `Progress.committable()`, i.e. up to the
 first event that is not finished *and durable in Postgres*. Fetching pauses while the pipeline
-holds `max_pending` events (pause/resume keeps the group membership, unlike not polling), and
-a rebalance first lets the revoked partitions' running work finish (bounded), flushes
-checkpoints and commits, then drops their waiting events: the next owner starts exactly there.
+holds `max_pending` events whole or `max_merged` merged into waiting requests (pause/resume
+keeps the group membership, unlike not polling), and a rebalance first lets the revoked
+partitions' running work finish (bounded), flushes checkpoints and commits, then drops their
+waiting events: the next owner starts exactly there.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class Backlog(Protocol):
     @property
     def pending_events(self) -> int: ...
 
+    @property
+    def compact_events(self) -> int: ...
+
 
 class DrainEstimate(Protocol):
     """Seconds the quota needs to send `n` requests (the rate limiter), for the lag metric."""
@@ -99,6 +103,7 @@ class Source:
         self._hooks = hooks
         self._backlog = backlog
         self._max_pending = settings.max_pending_events
+        self._max_merged = settings.max_merged_events
         self._drain_estimate = drain_estimate
         # A dry run makes nothing durable, so it must not move the group's offsets either.
         self._commit_enabled = not settings.dry_run
@@ -216,7 +221,7 @@ class Source:
                     log.warning("kafka_fetch_failed", error=type(exc).__name__)
                     await asyncio.sleep(1.0)
                     continue
-                records = [self._ref(r) for batch in batches.values() for r in batch]
+                records = [RecordRef.of(r) for batch in batches.values() for r in batch]
                 if records:
                     await self._intake.admit(records)
         finally:
@@ -226,33 +231,22 @@ class Source:
 
     def _apply_backpressure(self) -> None:
         assert self._consumer is not None
-        pending = self._backlog.pending_events
+        # Two bounds: events held whole cost ~1 KB each, events merged into a waiting request
+        # ~100 bytes (daemon/merged_events.py), so a coalescing backlog may run far ahead.
+        merged = self._backlog.compact_events
+        whole = self._backlog.pending_events - merged
         partitions = self._consumer.assignment()
-        if not self._paused and pending >= self._max_pending:
+        if not self._paused and (whole >= self._max_pending or merged >= self._max_merged):
             self._consumer.pause(*partitions)
             self._paused = True
-            log.info("fetching_paused", pending_events=pending)
-        elif self._paused and pending <= self._max_pending // 2:
+            log.info("fetching_paused", pending_events=whole, merged_events=merged)
+        elif self._paused and whole <= self._max_pending // 2 and merged <= self._max_merged // 2:
             self._consumer.resume(*partitions)
             self._paused = False
-            log.info("fetching_resumed", pending_events=pending)
+            log.info("fetching_resumed", pending_events=whole, merged_events=merged)
         elif self._paused:
             # Partitions assigned after the pause must not fetch either.
             self._consumer.pause(*partitions)
-
-    @staticmethod
-    def _ref(record: Any) -> RecordRef:
-        return RecordRef(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            headers=tuple((str(k), bytes(v or b"")) for k, v in record.headers)
-            if record.headers
-            else (),
-            timestamp_ms=record.timestamp,
-        )
 
     # -- commits ---------------------------------------------------------------------------
     async def commit(self, partitions: Partitions | None = None) -> None:

@@ -35,6 +35,7 @@ from daemon.checkpoints import MAX_REDRIVES, CheckpointStore, DeadLetterRow, Eve
 from daemon.config import Settings
 from daemon.kafka_clients import KafkaClients
 from daemon.limits import ACCEPT_SEQUENCE_HEADER, nesting_depth
+from daemon.record_reader import UNAVAILABLE_HEADER
 from daemon.redaction import redact_any
 from daemon.tools.common import (
     EXIT_OK,
@@ -141,6 +142,10 @@ def plan_retry(
         elif row.event_id.startswith("record:"):
             # Never parsed: the same bytes would fail the same way, under a new id each time.
             plan.skipped.append((row, "not a valid event; fix the producer and publish it again"))
+        elif any(name == UNAVAILABLE_HEADER for name, _ in row.record.headers):
+            # Deleted by retention before it could be read back: an empty value would go out
+            # as a tombstone. The event's state is the producer's to send again.
+            plan.skipped.append((row, "its record was gone from Kafka; publish the event again"))
         elif row.retry_count >= max_redrives:
             plan.skipped.append((row, f"redriven {row.retry_count} times already (the limit)"))
         else:

@@ -212,6 +212,7 @@ async def _plan(event: Event, title: str, *, known: bool, source: str) -> Scenar
         scheduler=scheduler,
         entities=entities,
         recorder=recorder,
+        held_records=None,  # one event: nothing is merged, nothing to read back
         intents=None,
         metrics=metrics,
         workers=1,

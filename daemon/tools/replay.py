@@ -233,16 +233,7 @@ def _collect(raw: Any, piece: Slice, report: ReplayReport, found: list[RecordRef
     if timestamp < piece.start_ms or (piece.end_ms is not None and timestamp > piece.end_ms):
         return
     report.scanned += 1
-    record = RecordRef(
-        topic=raw.topic,
-        partition=raw.partition,
-        offset=raw.offset,
-        key=raw.key,
-        value=raw.value,
-        headers=tuple((str(k), bytes(v or b"")) for k, v in (raw.headers or ())),
-        timestamp_ms=timestamp,
-    )
-    found.append(record)
+    found.append(RecordRef.of(raw))
 
 
 async def replay(

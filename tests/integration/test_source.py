@@ -26,6 +26,7 @@ from tests.fixtures.kafka import MakeTopic
 
 WAIT_SECONDS = 30.0
 MAX_PENDING = 10
+MAX_MERGED = 100
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RecordingHooks:
 @dataclass
 class Backlog:
     pending_events: int = 0
+    compact_events: int = 0
 
 
 @dataclass
@@ -130,6 +132,7 @@ def source_environ(broker: Broker, topic: str, group: str) -> dict[str, str]:
         "PIVOTAL_SYNC_KAFKA_TOPIC": topic,
         "PIVOTAL_SYNC_KAFKA_GROUP_ID": group,
         "PIVOTAL_SYNC_MAX_PENDING_EVENTS": str(MAX_PENDING),
+        "PIVOTAL_SYNC_MAX_MERGED_EVENTS": str(MAX_MERGED),
     }
     timeouts = broker.group_timeouts
     if timeouts:
@@ -255,3 +258,24 @@ async def test_fetching_pauses_while_the_pipeline_is_full_and_resumes_at_half(
     member.backlog.pending_events = MAX_PENDING // 2
     await eventually(lambda: len(member.intake.records) == 4, "the held records admitted")
     assert member.intake.offsets(0) == [0, 1, 2, 3]
+
+
+async def test_events_merged_into_waiting_requests_have_a_bound_of_their_own(
+    start_member: StartMember, kafka_broker: Broker
+) -> None:
+    """Merged events are cheap (an id and a position), so they pause fetching at
+    max_merged_events, not at max_pending_events; at half of it, fetching resumes."""
+    member = await start_member(1)
+    await eventually(lambda: len(member.source.assigned) == 1, "partition assigned")
+    member.backlog.pending_events = member.backlog.compact_events = MAX_PENDING * 5
+    await produce(kafka_broker, member.topic, 0, 1)
+    await eventually(lambda: len(member.intake.records) == 1, "admitted below the merged bound")
+
+    member.backlog.pending_events = member.backlog.compact_events = MAX_MERGED
+    await asyncio.sleep(0.5)  # the fetch loop sees the backlog within one fetch timeout
+    await produce(kafka_broker, member.topic, 0, 2, start=1)
+    await asyncio.sleep(1.5)
+    assert len(member.intake.records) == 1
+
+    member.backlog.pending_events = member.backlog.compact_events = MAX_MERGED // 2
+    await eventually(lambda: len(member.intake.records) == 3, "the held records admitted")

@@ -6,12 +6,15 @@ Shared by the unit tests of intake and the recorder: no sockets, every call obse
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.errors import KafkaConnectionError
+
 from daemon.entities import Intent
 from daemon.events import EntityKey, RecordRef
+from daemon.merged_events import Position
 from daemon.metrics import Metrics
 from daemon.outcomes import EntityState, Finished
 from daemon.rereads import Checkpointed
@@ -115,3 +118,22 @@ def finished_count(metrics: Metrics, outcome: str, kind: str = "customer") -> fl
         "pivotal_sync_events_finished_total", {"outcome": outcome, "kind": kind}
     )
     return value or 0.0
+
+
+@dataclass
+class KafkaRecords:
+    """Stands in for reading records back from Kafka (daemon/record_reader.py): what was
+    published, by position; while `down`, every read fails as an unreachable cluster does."""
+
+    published: dict[Position, RecordRef] = field(default_factory=dict)
+    down: bool = False
+    reads: int = 0
+
+    def publish(self, record: RecordRef) -> None:
+        self.published[(record.topic, record.partition, record.offset)] = record
+
+    async def read(self, positions: Collection[Position]) -> dict[Position, RecordRef]:
+        self.reads += 1
+        if self.down:
+            raise KafkaConnectionError("the cluster is down")
+        return {position: self.published[position] for position in positions}

@@ -30,7 +30,7 @@ from daemon.ratelimit import RateLimiter
 from daemon.recorder import Recorder
 from daemon.scheduler import Scheduler
 from daemon.source import Source
-from tests.unit.pipeline_doubles import TOPIC, MemoryCheckpoints, record
+from tests.unit.pipeline_doubles import TOPIC, KafkaRecords, MemoryCheckpoints, record
 
 ENVIRON = {
     "PIVOTAL_API_KEY": "pk_test_app",
@@ -91,6 +91,7 @@ def build_parts(pacer: Pacer | None = None, api: DryRunApi | None = None) -> Par
         scheduler=scheduler,
         entities=entities,
         recorder=recorder,
+        held_records=KafkaRecords(),
         intents=None,
         metrics=metrics,
         workers=4,

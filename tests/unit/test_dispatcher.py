@@ -26,6 +26,7 @@ from daemon.ratelimit import RateLimiter
 from daemon.recorder import Recorder
 from daemon.scheduler import Scheduler
 from tests.fixtures.sandbox import PAID_KEY, SandboxApp
+from tests.unit.pipeline_doubles import KafkaRecords
 
 SOURCE = "pivotal-sync-test"
 
@@ -59,6 +60,7 @@ class Harness:
     store: MemoryStore
     metrics: Metrics
     client: BuggyClient
+    kafka: KafkaRecords
     offsets: int = 0
 
     def event(self, type_: str, subject: str, data: dict[str, Any] | None = None) -> Event:
@@ -80,6 +82,7 @@ class Harness:
             key=key.encode(),
             value=json.dumps(body).encode(),
         )
+        self.kafka.publish(record)
         return parse_record(record)
 
     def submit(self, *events: Event) -> None:
@@ -122,7 +125,7 @@ async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
     client = BuggyClient(
         base_url="http://sandbox/api/v1", api_key=SecretStr(PAID_KEY), transport=transport
     )
-    store = MemoryStore()
+    store, kafka = MemoryStore(), KafkaRecords()
     scheduler, entities, metrics = Scheduler(), EntityCache(), Metrics()
     progress = Progress()
     recorder = Recorder(
@@ -139,6 +142,7 @@ async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
         scheduler=scheduler,
         entities=entities,
         recorder=recorder,
+        held_records=kafka,
         intents=store,
         metrics=metrics,
         workers=4,
@@ -158,7 +162,9 @@ async def harness(sandbox_app: SandboxApp) -> AsyncIterator[Harness]:
     dispatcher.submit = tracked_submit  # type: ignore[method-assign]
     stop = asyncio.Event()
     running = asyncio.create_task(dispatcher.run(stop, 5.0))
-    yield Harness(sandbox_app, dispatcher, scheduler, entities, recorder, store, metrics, client)
+    yield Harness(
+        sandbox_app, dispatcher, scheduler, entities, recorder, store, metrics, client, kafka
+    )
     stop.set()
     await running
     await client.aclose()
@@ -265,6 +271,64 @@ async def test_a_rejected_field_is_dead_lettered_with_status_and_response_body(
     assert (letter.reason, letter.status) == ("http_400", 400)
     assert letter.response_body is not None
     assert "plan" in letter.response_body
+
+
+async def test_a_refused_merged_request_dead_letters_each_event_with_its_own_record(
+    harness: Harness,
+) -> None:
+    # The merged events are held as id and position only: their bytes come back from Kafka.
+    await harness.sandbox.api.client.post("/_sandbox/rules", json={"reject_field": "plan"})
+    events = [
+        harness.event("customer.created", "cus_1", {"name": "Aurora"}),
+        harness.event("customer.updated", "cus_1", {"plan": "gold"}),
+        harness.event("customer.updated", "cus_1", {"mrr": 3}),
+    ]
+    harness.submit(*events)
+    await harness.drain()
+    assert await harness.requests() == ["POST 400"]
+    letters = {f.event_id: f for f in harness.store.finished}
+    assert set(letters) == {e.id for e in events}
+    for event in events:
+        assert letters[event.id].outcome is Outcome.DEAD_LETTERED
+        assert letters[event.id].record == event.record, "exactly what arrived"
+    assert harness.kafka.reads == 1
+
+
+async def test_merged_events_finish_as_coalesced_without_reading_kafka(harness: Harness) -> None:
+    harness.submit(
+        *(harness.event("customer.updated", "cus_1", {"name": f"v{n}"}) for n in range(4))
+    )
+    await harness.drain()
+    coalesced = [f for f in harness.store.finished if f.outcome is Outcome.COALESCED]
+    assert [(f.event_id, f.record.offset) for f in coalesced] == [
+        ("evt-1", 1),
+        ("evt-2", 2),
+        ("evt-3", 3),
+    ]
+    assert harness.kafka.reads == 0
+
+
+async def test_a_refused_merged_request_waits_while_kafka_cannot_give_its_records_back(
+    harness: Harness,
+) -> None:
+    # A dead letter without the bytes that arrived is never written for an outage.
+    await harness.sandbox.api.client.post("/_sandbox/rules", json={"reject_field": "plan"})
+    harness.kafka.down = True
+    harness.submit(
+        harness.event("customer.created", "cus_1", {"name": "Aurora", "plan": "gold"}),
+        harness.event("customer.updated", "cus_1", {"mrr": 3}),
+    )
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if harness.kafka.reads >= 3:
+            break
+    await harness.recorder.flush()
+    assert harness.kafka.reads >= 3, "retried"
+    assert harness.store.finished == []
+    harness.kafka.down = False
+    await harness.drain()
+    assert [f.outcome for f in harness.store.finished] == [Outcome.DEAD_LETTERED] * 2
+    assert all(f.record.value is not None for f in harness.store.finished)
 
 
 async def test_server_errors_are_retried_and_never_dead_letter(harness: Harness) -> None:

@@ -31,6 +31,7 @@ from daemon.recorder import Recorder
 from daemon.scheduler import Scheduler
 from tests.unit.pipeline_doubles import (
     TOPIC,
+    KafkaRecords,
     MemoryCheckpoints,
     finished_count,
     raw_record,
@@ -86,6 +87,7 @@ async def pipeline() -> AsyncIterator[Pipeline]:
         scheduler=scheduler,
         entities=entities,
         recorder=recorder,
+        held_records=KafkaRecords(),
         intents=None,
         metrics=metrics,
         workers=1,

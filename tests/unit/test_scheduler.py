@@ -94,9 +94,10 @@ def test_three_updates_of_one_customer_coalesce_into_one_work() -> None:
     ]
     scheduler = filled(*events)
     [work] = drain(scheduler)
-    assert work.events == events
+    assert work.event_ids() == [e.id for e in events]
     assert work.fields == {"name": "B", "plan": "pro"}
     assert work.carrier is events[-1]
+    assert work.first_event_id == events[0].id, "the create's Idempotency-Key stays the same"
 
 
 def test_a_later_metadata_object_replaces_the_earlier_one() -> None:
@@ -121,7 +122,7 @@ def test_a_backlog_of_three_updates_per_customer_costs_one_request_per_customer(
             scheduler.add(customer(external_id=f"cus_{n}", fields={"round": round_}), now=0.0)
     works = drain(scheduler)
     assert len(works) == 500
-    assert all(work.fields == {"round": 2} and len(work.events) == 3 for work in works)
+    assert all(work.fields == {"round": 2} and work.event_count == 3 for work in works)
 
 
 def test_nothing_is_merged_into_the_work_in_flight() -> None:
@@ -133,7 +134,7 @@ def test_nothing_is_merged_into_the_work_in_flight() -> None:
     assert flying.fields == {"name": "A"}
     assert take_one(scheduler) is None, "the lane is busy"
     scheduler.done(flying)
-    assert drain(scheduler)[0].events == [later]
+    assert drain(scheduler)[0].event_ids() == [later.id]
 
 
 def test_a_requeued_work_is_retried_unchanged_and_nothing_merges_into_it() -> None:
@@ -145,7 +146,7 @@ def test_a_requeued_work_is_retried_unchanged_and_nothing_merges_into_it() -> No
     scheduler.add(later, now=1.0)
     scheduler.requeue(work)
     works = drain(scheduler)
-    assert [w.events for w in works] == [[first], [later]]
+    assert [w.event_ids() for w in works] == [[first.id], [later.id]]
     assert works[0] is work
     assert work.fields == {"name": "A"}
 
@@ -162,7 +163,7 @@ def test_a_requeued_upsert_is_not_superseded_by_a_later_delete() -> None:
 def test_deletes_of_one_entity_coalesce() -> None:
     scheduler = filled(contact(DELETE), contact(DELETE))
     [work] = drain(scheduler)
-    assert len(work.events) == 2
+    assert work.event_count == 2
 
 
 # -- supersession -------------------------------------------------------------------------------
@@ -174,8 +175,9 @@ def test_a_delete_supersedes_the_waiting_upserts_of_its_entity() -> None:
     scheduler = filled(*upserts, delete)
     [work] = drain(scheduler)
     assert work.action is DELETE
-    assert work.events == [delete]
-    assert work.superseded == upserts
+    assert work.carrier is delete
+    assert not work.merged
+    assert work.superseded.ids() == [e.id for e in upserts]
     assert work.fields == {}
     assert scheduler.pending_events == 0
 
@@ -332,7 +334,7 @@ def test_an_orphan_expires_after_the_timeout() -> None:
     scheduler.add(orphan, now=100.0)
     assert scheduler.expire_orphans(now=159.0, timeout=60.0, parent_ready=never) == []
     [expired] = scheduler.expire_orphans(now=160.0, timeout=60.0, parent_ready=never)
-    assert expired.events == [orphan]
+    assert expired.event_ids() == [orphan.id]
     assert (scheduler.lanes, scheduler.pending_events, scheduler.waiting_works) == (0, 0, 0)
     assert take_one(scheduler) is None
 
@@ -386,13 +388,15 @@ def on_partition(event: Event, partition: int) -> Event:
     return Event(**{**{f: getattr(event, f) for f in Event.__dataclass_fields__}, "record": record})
 
 
-def test_dropping_a_revoked_partition_returns_its_waiting_events_and_keeps_the_rest() -> None:
+def test_dropping_a_revoked_partition_returns_its_waiting_works_and_keeps_the_rest() -> None:
     revoked = [on_partition(customer(sequence=3), 1), on_partition(customer(sequence=4), 1)]
     kept = on_partition(customer(external_id="cus_2"), 2)
     scheduler = filled(*revoked, kept)
-    assert scheduler.drop_partitions([("crm", 1)]) == revoked
+    [dropped] = scheduler.drop_partitions([("crm", 1)])
+    assert dropped.event_ids() == [e.id for e in revoked]
     assert (scheduler.lanes, scheduler.pending_events, scheduler.waiting_works) == (1, 1, 1)
-    assert [w.events for w in drain(scheduler)] == [[kept]]
+    assert scheduler.compact_events == 0
+    assert [w.event_ids() for w in drain(scheduler)] == [[kept.id]]
 
 
 def test_a_dropped_event_read_again_is_not_stale() -> None:
@@ -423,6 +427,15 @@ def test_counts_follow_events_from_add_to_done() -> None:
     for work in works:
         scheduler.done(work)
     assert (scheduler.pending_events, scheduler.lanes, scheduler.busy_lanes) == (0, 0, 0)
+
+
+def test_only_the_carrier_of_a_work_is_held_whole_the_merged_and_superseded_compactly() -> None:
+    scheduler = filled(customer(), customer(), customer(), contact(), contact(), contact(DELETE))
+    # customer: 2 merged into the third; contact: 2 upserts superseded by the delete.
+    assert (scheduler.pending_events, scheduler.compact_events) == (6, 4)
+    for work in drain(scheduler):
+        assert work.event_count - work.held_compactly == 1
+    assert (scheduler.pending_events, scheduler.compact_events) == (0, 0)
 
 
 def test_finishing_a_work_that_is_not_in_flight_is_an_error() -> None:
@@ -524,10 +537,11 @@ class Simulation:
             self.pivotal.pop(work.entity, None)
         if work.sequence is not None:
             self.applied_sequence[work.entity] = work.sequence
-        offsets = [e.record.offset for e in (*work.superseded, *work.events)]
+        held = [offset for _, (_, _, offset) in (*work.superseded, *work.merged)]
+        offsets = [*held, work.carrier.record.offset]
         assert offsets == sorted(offsets)
         self.applied_offsets.setdefault(work.entity, []).extend(offsets)
-        self.finished.extend(e.id for e in (*work.superseded, *work.events))
+        self.finished.extend(work.event_ids())
         self.scheduler.done(work)
 
     def fail(self, lane: str) -> None:
@@ -547,7 +561,7 @@ class Simulation:
             )
             if not expired:
                 break
-            self.finished.extend(e.id for work in expired for e in work.events)
+            self.finished.extend(i for work in expired for i in work.event_ids())
 
     def check_invariants(self, events: list[Event]) -> None:
         assert sorted(self.finished) == sorted(e.id for e in events), "every event finished once"
@@ -555,6 +569,7 @@ class Simulation:
             assert offsets == sorted(offsets), "one entity's events applied in offset order"
         s = self.scheduler
         assert (s.pending_events, s.waiting_works, s.lanes, s.busy_lanes) == (0, 0, 0, 0)
+        assert s.compact_events == 0
 
 
 def simulate(data: st.DataObject, events: list[Event], *, gated: bool) -> Simulation:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from daemon import cli
 from daemon.checkpoints import DeadLetterRow, EventOutcome
 from daemon.events import EntityKey, EntityKind, RecordRef
 from daemon.outcomes import DeadLetter
+from daemon.record_reader import unavailable
 from daemon.tools.common import ProgressBar, parse_time
 from daemon.tools.dead_letters import (
     REDRIVE_HEADER,
@@ -185,6 +187,16 @@ def test_retry_sends_only_open_retriable_letters_in_stream_order() -> None:
         5: "not a valid event; fix the producer and publish it again",
         6: "redriven 3 times already (the limit)",
     }
+
+
+def test_a_dead_letter_whose_record_kafka_no_longer_had_is_not_redriven_as_a_tombstone() -> None:
+    row = dead_row(1)
+    gone = dataclasses.replace(row, record=unavailable(("t", 0, 7)))
+    plan = plan_retry([DeadLetterStatus(row=gone, state="open")])
+    assert plan.send == []
+    assert [why for _, why in plan.skipped] == [
+        "its record was gone from Kafka; publish the event again"
+    ]
 
 
 def test_a_redriven_record_is_the_original_with_one_redrive_header() -> None:
