@@ -20,9 +20,11 @@ The daemon's rate runs from the first event it consumed to the last it finished 
 before and after the daemon (the mean is the reference). Everything else is excluded on both
 sides: start-up, group join, publishing. On a shared machine wall time is noisy, so the row
 also gives CPU time per event (the daemon's process, the bare loop's own) and their ratio.
+"read" is the consumer's own pace: from the first event consumed to the last one read (lag 0);
+where requests remain to be sent then (coalescing: one per entity), the finish trails it.
 
     python -m bench.catchup [--only reread,coalescing,mix] [--events 500000]
-                            [--coalescing-events 50000]
+                            [--coalescing-events N (default: --events)]
                             [--latency-ms 200] [--profile DIR] [--set NAME=VALUE ...]
 
 `--profile DIR` records the daemon with py-spy during each measured run (raw collapsed stacks,
@@ -194,6 +196,9 @@ class DaemonRun:
     peak_rss_mb: float
     seconds: float
     cpu_seconds: float
+    # From the first consumed event to the last one read from Kafka (lag 0): the consumer's
+    # own pace. The finish can trail it by the requests still to send.
+    read_seconds: float
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -258,16 +263,20 @@ async def run_daemon(daemon: DaemonProcess, events: int, profile: Path | None = 
                 cpu_before = _cpu_seconds(daemon.process.pid)
             before = now
             await _tick(daemon, deadline)
+        read = 0.0
         while True:
-            _, finished = _counts(daemon)
+            consumed, finished = _counts(daemon)
             now = time.perf_counter()
+            if not read and consumed >= events:
+                read = (before + now) / 2 - started
             if finished >= events:
                 break
             before = now
             await _tick(daemon, deadline)
     cpu = _cpu_seconds(daemon.process.pid) - cpu_before
     seconds = (before + now) / 2 - started
-    return DaemonRun(events / seconds, _peak_rss_mb(daemon.process.pid), seconds, cpu)
+    peak = _peak_rss_mb(daemon.process.pid)
+    return DaemonRun(events / seconds, peak, seconds, cpu, read or seconds)
 
 
 async def _tick(daemon: DaemonProcess, deadline: float) -> None:
@@ -454,6 +463,9 @@ async def measure(
         "peak RSS MB": round(run.peak_rss_mb, 1),
         f"{kind}/1k events": round((work_after - work_before) * 1000 / events, 2),
         "seconds": round(run.seconds, 2),
+        "read events/s": round(events / run.read_seconds),
+        "read ratio": f"{events / run.read_seconds / bare:.1%}",
+        "read seconds": round(run.read_seconds, 2),
     }
 
 
@@ -594,9 +606,7 @@ def main() -> None:
     parser.add_argument("--only", default="reread,coalescing,mix")
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--latency-ms", type=float, default=200.0)
-    # Coalescing goes at the speed of requests (~600 events/s at the defaults here): 500,000
-    # would hold the machine for a quarter of an hour and tell nothing more (docs/benchmarks.md).
-    parser.add_argument("--coalescing-events", type=int, default=50_000, help="0: --events")
+    parser.add_argument("--coalescing-events", type=int, default=0, help="0: --events")
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument(
         "--set",
