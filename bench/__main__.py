@@ -19,6 +19,7 @@ import time
 BENCHMARKS = (
     "ratelimit_sim",
     "formats_decode",
+    "intake_parse",
     "sandbox_load",
     "pipeline",
     "catchup",

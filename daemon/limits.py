@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,10 +81,13 @@ class Limits:
         near that depth would decode in one place and break the encoders in another."""
         if record.value is None:
             return
-        depth = raw_nesting_depth(record.value)
         # The envelope's levels (a CloudEvent and its `data`, or Debezium's `payload` and
         # `after`) come on top; check_event applies the exact limit to the decoded fields.
-        if depth > self.max_nesting_depth + ENVELOPE_LEVELS:
+        allowed = self.max_nesting_depth + ENVELOPE_LEVELS
+        if bracket_bound(record.value) <= allowed:
+            return
+        depth = raw_nesting_depth(record.value)
+        if depth > allowed:
             raise InvalidEventError(
                 "too_deep",
                 f"the value is nested {depth} levels deep; `data` may nest "
@@ -93,7 +96,13 @@ class Limits:
 
     def check_event(self, event: Event) -> None:
         """Refuse fields nested too deep or holding an over-long string."""
-        for path, depth, value in _walk(event.fields):
+        if not _within(event.fields, self.max_nesting_depth, self.max_field_chars):
+            self._refuse(event.fields)
+
+    def _refuse(self, fields: Mapping[str, Any]) -> None:
+        """Raise for the first problem in `_walk`'s order, naming its path: the detail every
+        refusal has always had, at a cost only refused records pay."""
+        for path, depth, value in _walk(fields):
             if depth > self.max_nesting_depth:
                 raise InvalidEventError(
                     "too_deep",
@@ -160,6 +169,14 @@ def raw_nesting_depth(value: bytes) -> int:
     return deepest
 
 
+def bracket_bound(value: bytes) -> int:
+    """An upper bound of `raw_nesting_depth(value)` at C speed (~0.1 µs against ~15 µs for the
+    scan of an ordinary event): every level the scan counts opens with a `{` or `[` byte, so it
+    can never count more levels than there are such bytes. The bound only over-counts (brackets
+    inside strings), so a value within it is within the limit, exactly as the scan would say."""
+    return value.count(b"{") + value.count(b"[")
+
+
 def record_bytes(record: RecordRef) -> int:
     """What a record weighs on the wire, near enough: key, value and every header."""
     size = len(record.key or b"") + len(record.value or b"")
@@ -194,6 +211,73 @@ def _walk(fields: Mapping[str, Any]) -> Iterator[tuple[str, int, Any]]:
             stack.extend((f"{path}.{_clip(str(k))}", depth + 1, v) for k, v in value.items())
         elif isinstance(value, list):
             stack.extend((f"{path}[{i}]", depth + 1, v) for i, v in enumerate(value))
+
+
+def _within(fields: Mapping[str, Any], max_depth: int, max_chars: int) -> bool:
+    """Whether `_walk` would find nothing for check_event to refuse, without naming paths: the
+    same checks of every value (depth, what JSON cannot carry, string and key lengths), but
+    each container's scalars are checked in its own loop instead of each becoming a formatted
+    path on the stack, which cost more than the checks themselves."""
+    pending: list[tuple[int, Any]] = [(1, fields)]
+    while pending:
+        depth, value = pending.pop()
+        if depth > max_depth:
+            return False
+        if isinstance(value, dict):
+            if not _fine_keys(value, max_chars):
+                return False
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue  # only `fields` itself can be neither (a Mapping that is no dict)
+        if not _fine_children(children, depth + 1, max_depth, max_chars, pending):
+            return False
+    return True
+
+
+def _fine_keys(value: dict[Any, Any], max_chars: int) -> bool:
+    for key in value:  # noqa: SIM110 - all() of a generator costs more than a few keys
+        if not _fine_text(str(key), max_chars):
+            return False
+    return True
+
+
+def _fine_children(
+    children: Iterable[Any],
+    depth: int,
+    max_depth: int,
+    max_chars: int,
+    pending: list[tuple[int, Any]],
+) -> bool:
+    """Check one container's scalars (at `depth`); queue its containers on `pending`."""
+    for child in children:
+        if isinstance(child, str):
+            # Strings, the most common value, without a call per value.
+            if len(child) > max_chars or not (child.isascii() or _encodable(child)):
+                return False
+        elif isinstance(child, dict | list):
+            pending.append((depth, child))
+            continue
+        elif isinstance(child, float) and not math.isfinite(child):
+            return False
+        if depth > max_depth:
+            return False
+    return True
+
+
+def _fine_text(text: str, max_chars: int) -> bool:
+    # isascii() reads a flag CPython keeps on every string; only other strings can hold a lone
+    # surrogate, so only they pay for the trial encoding.
+    return len(text) <= max_chars and (text.isascii() or _encodable(text))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _unsendable(value: Any) -> str | None:

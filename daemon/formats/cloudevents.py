@@ -123,7 +123,12 @@ def _data(value: bytes, content_type: str | None) -> Any:
 
 def load_json(value: bytes | None) -> Any:
     try:
-        return json.loads((value or b"").decode("utf-8"), parse_constant=_reject_constant)
+        text = (value or b"").decode("utf-8")
+        if text.startswith("\ufeff"):
+            # json.loads refuses a leading BOM before decoding; _DECODER would not, so the
+            # refusal (and its detail) stays what it was.
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except UnicodeDecodeError:
         raise InvalidEventError("invalid_json", "value is not UTF-8") from None
     except (ValueError, RecursionError) as error:
@@ -133,6 +138,11 @@ def load_json(value: bytes | None) -> Any:
 def _reject_constant(name: str) -> Any:
     # NaN and Infinity are not JSON, and Pivotal would choke on them.
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every record, as in daemon/events.py: `json.loads` with an option builds a new
+# one per call, which costs more than decoding a small event.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _text(name: str, raw: bytes | None) -> str:

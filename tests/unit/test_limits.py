@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.errors import InvalidEventError
 from daemon.events import Event, RecordRef, parse_record
 from daemon.limits import (
     ACCEPT_SEQUENCE_HEADER,
+    ENVELOPE_LEVELS,
     MAX_FIRST_SEQUENCE,
     MAX_NESTING_DEPTH,
     MAX_SEQUENCE_JUMP,
     Limits,
+    _within,
+    bracket_bound,
     raw_nesting_depth,
     record_bytes,
 )
@@ -45,6 +52,11 @@ def event(
     if sequence is not None:
         document["sequence"] = sequence
     return parse_record(record(json.dumps(document).encode(), headers=headers))
+
+
+def event_with(fields: dict[str, Any]) -> Event:
+    """An event carrying `fields` as they are, even what no JSON text could hold."""
+    return replace(event({"status": "active"}), fields=fields)
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -206,3 +218,91 @@ def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     """Quoted brackets and escaped quotes are text, not structure."""
     assert raw_nesting_depth(b'{"a": "[[[[\\"[[[[", "b": [1]}') == 2
     assert raw_nesting_depth(b'["\\\\", [[]]]') == 3
+
+
+@given(st.binary(max_size=200) | st.text(alphabet='[]{}"\\ax', max_size=200).map(str.encode))
+def test_the_bracket_count_never_undercounts_the_nesting(value: bytes) -> None:
+    """The cheap bound lets the exact scan be skipped only because it can never say less."""
+    assert bracket_bound(value) >= raw_nesting_depth(value)
+
+
+def test_the_raw_depth_limit_is_the_same_with_or_without_the_scan() -> None:
+    """Exactly the allowed levels pass; one more is refused with the scan's own figure."""
+    allowed = MAX_NESTING_DEPTH + ENVELOPE_LEVELS
+    LIMITS.check_record(record(b"[" * allowed + b"]" * allowed))
+    deeper = record(b"[" * (allowed + 1) + b"]" * (allowed + 1))
+    with pytest.raises(InvalidEventError) as caught:
+        LIMITS.check_record(deeper)
+    assert caught.value.reason == "too_deep"
+    assert f"nested {allowed + 1} levels deep" in caught.value.detail
+
+
+def test_many_brackets_inside_strings_still_pass_the_raw_depth_check() -> None:
+    """Over the bracket count but shallow: the exact scan decides, and lets it through."""
+    value = json.dumps({"data": {"notes": "[{" * 500}}).encode()
+    assert bracket_bound(value) > MAX_NESTING_DEPTH + ENVELOPE_LEVELS
+    LIMITS.check_record(record(value))
+
+
+# Documents of fine values with a hostile one now and then: several problems in one document
+# would hide each other, so each leaf is hostile with a small chance only.
+_FINE_TEXTS = st.text(st.characters(codec="utf-8"), max_size=3)
+_HOSTILE = st.sampled_from([math.inf, -math.inf, math.nan, "\ud800", "a\udfffb", "x" * 5, "é" * 5])
+_KEYS = st.one_of(_FINE_TEXTS, _FINE_TEXTS, _FINE_TEXTS, st.sampled_from(["\udfff", "k" * 5]))
+_LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _FINE_TEXTS
+_VALUES = st.recursive(
+    _LEAVES | _HOSTILE,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400)
+@given(fields=st.dictionaries(_KEYS, _VALUES, max_size=3), max_depth=st.integers(1, 5))
+def test_the_quick_check_passes_exactly_what_the_path_naming_walk_passes(
+    fields: dict[str, Any], max_depth: int
+) -> None:
+    """check_event names the path only after the quick check found something: the two must
+    agree on every document, or a problem would pass unnamed (or a fine record be refused)."""
+    limits = Limits(max_nesting_depth=max_depth, max_field_chars=4)
+    try:
+        limits._refuse(fields)
+        refused = False
+    except InvalidEventError:
+        refused = True
+    assert _within(fields, max_depth, 4) is not refused
+
+
+@st.composite
+def one_hostile_value_anywhere(draw: st.DrawFn) -> dict[str, Any]:
+    """A document of fine values, nested at most 4 deep, with one hostile value (or key) put
+    into one of its containers."""
+    fine = st.recursive(
+        _LEAVES,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_FINE_TEXTS, inner, max_size=3),
+        max_leaves=8,
+    )
+    fields: dict[str, Any] = draw(st.dictionaries(_FINE_TEXTS, fine, max_size=3))
+    container: Any = fields
+    while draw(st.booleans()):
+        inside = container.values() if isinstance(container, dict) else container
+        nested = [value for value in inside if isinstance(value, dict | list)]
+        if not nested:
+            break
+        container = draw(st.sampled_from(nested))
+    hostile = draw(_HOSTILE)
+    if isinstance(container, list):
+        container.insert(draw(st.integers(0, len(container))), hostile)
+    elif isinstance(hostile, str) and draw(st.booleans()):
+        container[hostile] = 1
+    else:
+        container[draw(_FINE_TEXTS)] = hostile
+    return fields
+
+
+@settings(max_examples=300)
+@given(one_hostile_value_anywhere())
+def test_one_hostile_value_anywhere_is_refused(fields: dict[str, Any]) -> None:
+    """Infinity, a lone surrogate or an over-long string (or key), wherever it sits."""
+    with pytest.raises(InvalidEventError):
+        Limits(max_field_chars=4).check_event(event_with(fields))
