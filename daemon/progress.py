@@ -10,35 +10,89 @@
 A Kafka commit position is "the next offset to read": everything below it is done. For a
 partition it is the lowest tracked offset not yet finished, or, when all are finished, the last
 tracked offset + 1 (offsets may have gaps: compaction, transaction markers). Offsets finish in
-any order; they are tracked in increasing order, so each partition keeps a deque of tracked
-offsets (the head is the candidate position) and a set of the unfinished ones: `track` and
-`finish` are O(1), and the head is popped lazily, O(1) amortized.
+any order and are tracked in increasing order.
+
+The daemon holds a backlog of half a million pending events while the API is slow, within a
+200 MB RSS budget, so the cost per pending offset matters: a deque of int objects plus a set of
+the unfinished ones cost about 74 bytes per offset (37 MB for 500,000). Each partition instead
+keeps one byte per offset: a `bytearray` of flags from a `base` offset, 1 for an offset tracked
+and unfinished, 0 for one finished or never tracked (a gap is as good as done). A `head` index
+points at the first 1, so the position is `base + head`; when the head finishes, the next 1 is
+found by `bytearray.find` at C speed, and every flag is scanned once, so `finish` is O(1)
+amortized. `track_many` appends a batch's flags in one call.
+
+Memory follows progress: once the head is past a threshold and at least half the array, the
+finished prefix is deleted (a copy of at most the other half: O(1) amortized), and when nothing
+is unfinished the array is emptied and the next tracked offset becomes the new base, so a gap
+while everything is done costs nothing. Worst case: a gap of N offsets tracked while an offset
+before it is unfinished costs N bytes until the head passes it (a compacted topic whose
+surviving offsets are a million apart costs a megabyte per such gap in flight).
 """
 
 from __future__ import annotations
 
 import operator
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 TopicPartition = tuple[str, int]
 
+# The finished prefix is dropped once the head is this far in (and past half the array): small
+# arrays are not copied over and over, large ones shrink before they double.
+COMPACT_AFTER = 4096
+
 
 @dataclass(slots=True, eq=False)
 class _Partition:
-    # Tracked offsets in increasing order, from the lowest that may still be unfinished.
-    tracked: deque[int] = field(default_factory=deque)
-    unfinished: set[int] = field(default_factory=set)
+    # One byte per offset from `base`: 1 = tracked and unfinished, 0 = finished or a gap.
+    flags: bytearray = field(default_factory=bytearray)
+    base: int = 0
+    # Index of the first 1 in `flags` (meaningless while nothing is unfinished).
+    head: int = 0
+    # The number of 1s in `flags`, for `pending` and to know when everything is done.
+    unfinished: int = 0
     # The last tracked offset + 1: the position once everything is finished.
     next_offset: int = 0
     # The last position the caller committed, None before the first commit.
     committed: int | None = None
 
     def position(self) -> int:
-        while self.tracked and self.tracked[0] not in self.unfinished:
-            self.tracked.popleft()
-        return self.tracked[0] if self.tracked else self.next_offset
+        return self.base + self.head if self.unfinished else self.next_offset
+
+    def append(self, first: int, flags: bytes | bytearray, count: int) -> None:
+        """Flags of the offsets from `first` (past the last tracked one), `count` of them 1."""
+        if not self.unfinished:
+            # Nothing is pending before `first`: start the array there, a gap costs nothing.
+            self.flags.clear()
+            self.base, self.head = first, 0
+        else:
+            gap = first - self.base - len(self.flags)
+            if gap:
+                self.flags += bytes(gap)
+        self.flags += flags
+        self.unfinished += count
+        self.next_offset = first + len(flags)
+
+    def finish(self, offset: int) -> bool:
+        index = offset - self.base
+        if not 0 <= index < len(self.flags) or not self.flags[index]:
+            return False
+        self.flags[index] = 0
+        self.unfinished -= 1
+        if not self.unfinished:
+            self.flags.clear()  # free it now; the next `append` sets a new base
+        elif index == self.head:
+            self._advance()
+        return True
+
+    def _advance(self) -> None:
+        """The head finished: move it to the next unfinished offset (there is one)."""
+        head = self.flags.find(1, self.head)
+        if head >= COMPACT_AFTER and 2 * head >= len(self.flags):
+            del self.flags[:head]
+            self.base += head
+            head = 0
+        self.head = head
 
 
 class Progress:
@@ -53,30 +107,21 @@ class Progress:
         if offset < state.next_offset:
             # A seek back must `forget` the partition first, or a position could go backwards.
             raise ValueError(f"{topic}[{partition}]: offset {offset} tracked out of order")
-        state.tracked.append(offset)
-        state.unfinished.add(offset)
-        state.next_offset = offset + 1
+        state.append(offset, b"\x01", 1)
 
     def track_many(self, topic: str, partition: int, offsets: Sequence[int]) -> None:
-        """`track` for a fetched batch of one partition: C-speed appends, one order check."""
+        """`track` for a fetched batch of one partition: one order check, one append."""
         if not offsets:
             return
         state = self._partitions.setdefault((topic, partition), _Partition())
         if offsets[0] < state.next_offset or not all(map(operator.lt, offsets, offsets[1:])):
             raise ValueError(f"{topic}[{partition}]: offsets {offsets[0]}… tracked out of order")
-        state.tracked.extend(offsets)
-        state.unfinished.update(offsets)
-        state.next_offset = offsets[-1] + 1
+        state.append(offsets[0], _flags(offsets), len(offsets))
 
     def finish(self, topic: str, partition: int, offset: int) -> bool:
         """The outcome of this offset is durable; False when it was not tracked (e.g. revoked)."""
         state = self._partitions.get((topic, partition))
-        if state is None or offset not in state.unfinished:
-            return False
-        state.unfinished.remove(offset)
-        if state.tracked[0] == offset:
-            state.position()  # pop the finished head now, so memory follows progress
-        return True
+        return state is not None and state.finish(offset)
 
     def committable(self) -> dict[TopicPartition, int]:
         """The position of every partition that advanced since its last `mark_committed`."""
@@ -102,9 +147,20 @@ class Progress:
     def pending(self, tp: TopicPartition) -> int:
         """Tracked offsets of the partition not yet finished."""
         state = self._partitions.get(tp)
-        return len(state.unfinished) if state is not None else 0
+        return state.unfinished if state is not None else 0
 
     @property
     def partitions(self) -> list[TopicPartition]:
         """Partitions tracked since they were last forgotten."""
         return list(self._partitions)
+
+
+def _flags(offsets: Sequence[int]) -> bytes | bytearray:
+    """The flags of increasing offsets from the first to the last: 1 where tracked."""
+    first, span = offsets[0], offsets[-1] - offsets[0] + 1
+    if span == len(offsets):
+        return b"\x01" * span  # contiguous, the usual case: no per-offset work
+    flags = bytearray(span)
+    for offset in offsets:
+        flags[offset - first] = 1
+    return flags
