@@ -14,25 +14,29 @@ any order and are tracked in increasing order.
 
 The daemon holds a backlog of half a million pending events while the API is slow, within a
 200 MB RSS budget, so the cost per pending offset matters: a deque of int objects plus a set of
-the unfinished ones cost about 74 bytes per offset (37 MB for 500,000). Each partition instead
-keeps one byte per offset: a `bytearray` of flags from a `base` offset, 1 for an offset tracked
-and unfinished, 0 for one finished or never tracked (a gap is as good as done). A `head` index
-points at the first 1, so the position is `base + head`; when the head finishes, the next 1 is
-found by `bytearray.find` at C speed, and every flag is scanned once, so `finish` is O(1)
-amortized. `track_many` appends a batch's flags in one call.
+the unfinished ones cost about 74 bytes per offset (37 MB for 500,000). A partition instead
+keeps one byte per offset in segments: each a `bytearray` of flags from a `base` offset, 1 for
+an offset tracked and unfinished, 0 for one finished or never tracked (a gap is as good as
+done). A segment's `head` index points at its first 1, so the position is `base + head` of the
+first segment; when the head finishes, the next 1 is found by `bytearray.find` at C speed, and
+every flag is scanned once, so `finish` is O(1) amortized (plus a bisection over the segment
+bases when there are several). `track_many` appends a batch's flags in one call.
 
-Memory follows progress: once the head is past a threshold and at least half the array, the
-finished prefix is deleted (a copy of at most the other half: O(1) amortized), and when nothing
-is unfinished the array is emptied and the next tracked offset becomes the new base, so a gap
-while everything is done costs nothing. Worst case: a gap of N offsets tracked while an offset
-before it is unfinished costs N bytes until the head passes it (a compacted topic whose
-surviving offsets are a million apart costs a megabyte per such gap in flight).
+Memory follows progress: once a segment's head is past a threshold and at least half its array,
+the finished prefix is deleted (a copy of at most the other half: O(1) amortized); a segment
+with nothing unfinished is dropped, and when nothing is unfinished at all the next tracked
+offset starts a new segment, so a gap while everything is done costs nothing. A gap tracked
+while an offset before it is unfinished is filled with 0s only up to `MAX_GAP` offsets; a
+longer one (a compacted topic) starts a new segment instead. Worst case, bounded: a gap costs
+at most `MAX_GAP` bytes, or one segment (about 160 bytes) however many offsets it skips.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 TopicPartition = tuple[str, int]
@@ -41,51 +45,24 @@ TopicPartition = tuple[str, int]
 # arrays are not copied over and over, large ones shrink before they double.
 COMPACT_AFTER = 4096
 
+# A gap of up to this many offsets behind an unfinished one is filled with 0s (one byte each);
+# a longer one starts a new segment.
+MAX_GAP = 65_536
+
 
 @dataclass(slots=True, eq=False)
-class _Partition:
+class _Segment:
+    """Flags of the offsets from `base`, at least one of them unfinished."""
+
+    base: int
     # One byte per offset from `base`: 1 = tracked and unfinished, 0 = finished or a gap.
-    flags: bytearray = field(default_factory=bytearray)
-    base: int = 0
-    # Index of the first 1 in `flags` (meaningless while nothing is unfinished).
+    flags: bytearray
+    # The number of 1s in `flags`; a segment left with none is dropped.
+    unfinished: int
+    # Index of the first 1 in `flags`.
     head: int = 0
-    # The number of 1s in `flags`, for `pending` and to know when everything is done.
-    unfinished: int = 0
-    # The last tracked offset + 1: the position once everything is finished.
-    next_offset: int = 0
-    # The last position the caller committed, None before the first commit.
-    committed: int | None = None
 
-    def position(self) -> int:
-        return self.base + self.head if self.unfinished else self.next_offset
-
-    def append(self, first: int, flags: bytes | bytearray, count: int) -> None:
-        """Flags of the offsets from `first` (past the last tracked one), `count` of them 1."""
-        if not self.unfinished:
-            # Nothing is pending before `first`: start the array there, a gap costs nothing.
-            self.flags.clear()
-            self.base, self.head = first, 0
-        else:
-            gap = first - self.base - len(self.flags)
-            if gap:
-                self.flags += bytes(gap)
-        self.flags += flags
-        self.unfinished += count
-        self.next_offset = first + len(flags)
-
-    def finish(self, offset: int) -> bool:
-        index = offset - self.base
-        if not 0 <= index < len(self.flags) or not self.flags[index]:
-            return False
-        self.flags[index] = 0
-        self.unfinished -= 1
-        if not self.unfinished:
-            self.flags.clear()  # free it now; the next `append` sets a new base
-        elif index == self.head:
-            self._advance()
-        return True
-
-    def _advance(self) -> None:
+    def advance(self) -> None:
         """The head finished: move it to the next unfinished offset (there is one)."""
         head = self.flags.find(1, self.head)
         if head >= COMPACT_AFTER and 2 * head >= len(self.flags):
@@ -93,6 +70,62 @@ class _Partition:
             self.base += head
             head = 0
         self.head = head
+
+
+def _base(segment: _Segment) -> int:
+    return segment.base
+
+
+@dataclass(slots=True, eq=False)
+class _Partition:
+    # In offset order, each with at least one unfinished offset; empty when none is.
+    segments: deque[_Segment] = field(default_factory=deque)
+    # The last tracked offset + 1: the position once everything is finished.
+    next_offset: int = 0
+    # The last position the caller committed, None before the first commit.
+    committed: int | None = None
+
+    def position(self) -> int:
+        if self.segments:
+            first = self.segments[0]
+            return first.base + first.head
+        return self.next_offset
+
+    def append(self, first: int, flags: bytes | bytearray, count: int) -> None:
+        """Flags of the offsets from `first` (past the last tracked one), `count` of them 1."""
+        segments = self.segments
+        last = segments[-1] if segments else None
+        gap = first - last.base - len(last.flags) if last is not None else 0
+        if last is None or gap > MAX_GAP:
+            # Nothing is pending just before `first`, or only far before it: a new segment, so
+            # the gap costs nothing.
+            segments.append(_Segment(first, bytearray(flags), count))
+        else:
+            if gap:
+                last.flags += bytes(gap)
+            last.flags += flags
+            last.unfinished += count
+        self.next_offset = first + len(flags)
+
+    def finish(self, offset: int) -> bool:
+        segments = self.segments
+        if len(segments) == 1:
+            index = 0
+        else:
+            index = bisect_right(segments, offset, key=_base) - 1
+            if index < 0:
+                return False
+        segment = segments[index]
+        flags, at = segment.flags, offset - segment.base
+        if not 0 <= at < len(flags) or not flags[at]:
+            return False
+        flags[at] = 0
+        segment.unfinished -= 1
+        if not segment.unfinished:
+            del segments[index]  # free it now; a gap before the next segment is as good as done
+        elif at == segment.head:
+            segment.advance()
+        return True
 
 
 class Progress:
@@ -110,13 +143,14 @@ class Progress:
         state.append(offset, b"\x01", 1)
 
     def track_many(self, topic: str, partition: int, offsets: Sequence[int]) -> None:
-        """`track` for a fetched batch of one partition: one order check, one append."""
+        """`track` for a fetched batch of one partition: one order check, one append per run."""
         if not offsets:
             return
         state = self._partitions.setdefault((topic, partition), _Partition())
         if offsets[0] < state.next_offset or not all(map(operator.lt, offsets, offsets[1:])):
             raise ValueError(f"{topic}[{partition}]: offsets {offsets[0]}… tracked out of order")
-        state.append(offsets[0], _flags(offsets), len(offsets))
+        for first, flags, count in _runs(offsets):
+            state.append(first, flags, count)
 
     def finish(self, topic: str, partition: int, offset: int) -> bool:
         """The outcome of this offset is durable; False when it was not tracked (e.g. revoked)."""
@@ -147,12 +181,25 @@ class Progress:
     def pending(self, tp: TopicPartition) -> int:
         """Tracked offsets of the partition not yet finished."""
         state = self._partitions.get(tp)
-        return state.unfinished if state is not None else 0
+        return sum(segment.unfinished for segment in state.segments) if state is not None else 0
 
     @property
     def partitions(self) -> list[TopicPartition]:
         """Partitions tracked since they were last forgotten."""
         return list(self._partitions)
+
+
+def _runs(offsets: Sequence[int]) -> Iterator[tuple[int, bytes | bytearray, int]]:
+    """Increasing offsets as runs with no gap over `MAX_GAP`: first offset, flags, count."""
+    if offsets[-1] - offsets[0] + 1 - len(offsets) <= MAX_GAP:
+        yield offsets[0], _flags(offsets), len(offsets)  # no gap over it: one run, the usual case
+        return
+    start = 0
+    for i in range(1, len(offsets)):
+        if offsets[i] - offsets[i - 1] - 1 > MAX_GAP:
+            yield offsets[start], _flags(offsets[start:i]), i - start
+            start = i
+    yield offsets[start], _flags(offsets[start:]), len(offsets) - start
 
 
 def _flags(offsets: Sequence[int]) -> bytes | bytearray:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.progress import COMPACT_AFTER, Progress
+from daemon.progress import COMPACT_AFTER, MAX_GAP, Progress
 
 TP = ("crm", 0)
 
@@ -124,8 +124,12 @@ def test_pending_ignores_gaps_and_repeated_finishes() -> None:
 
 
 def flags(progress: Progress) -> bytearray:
-    """The partition's array of one byte per offset: what its memory grows with."""
-    return progress._partitions[TP].flags
+    """The partition's flags across its segments (one byte per offset): what memory grows with."""
+    return bytearray().join(segment.flags for segment in progress._partitions[TP].segments)
+
+
+def segments(progress: Progress) -> int:
+    return len(progress._partitions[TP].segments)
 
 
 def test_a_pending_offset_costs_about_one_byte() -> None:
@@ -159,12 +163,50 @@ def test_a_gap_costs_nothing_when_everything_before_it_is_finished() -> None:
 
 
 def test_a_gap_behind_a_pending_offset_is_held_only_until_that_offset_finishes() -> None:
-    """The documented worst case: one byte per skipped offset, but not for long."""
+    """A gap up to MAX_GAP is filled: one byte per skipped offset, but not for long."""
+    assert 10 * COMPACT_AFTER <= MAX_GAP
     progress = tracked(0, 10 * COMPACT_AFTER)
     assert len(flags(progress)) == 10 * COMPACT_AFTER + 1
     progress.finish(*TP, 0)
     assert len(flags(progress)) == 1
     assert progress.committable() == {TP: 10 * COMPACT_AFTER}
+
+
+def test_a_gap_longer_than_max_gap_behind_a_pending_offset_costs_a_segment_not_bytes() -> None:
+    """Compacted topics can skip billions of offsets while an earlier one is still pending."""
+    progress = tracked(0, 10**12)
+    assert len(flags(progress)) <= 2
+    assert segments(progress) == 2
+    assert progress.committable() == {TP: 0}
+    assert progress.finish(*TP, 10**6) is False, "an offset in the gap was never tracked"
+    progress.finish(*TP, 0)
+    assert progress.committable() == {TP: 10**12}
+    progress.finish(*TP, 10**12)
+    assert progress.committable() == {TP: 10**12 + 1}
+    assert len(flags(progress)) == 0
+
+
+def test_a_batch_with_a_long_gap_is_split_into_segments() -> None:
+    progress = Progress()
+    progress.track_many(*TP, [0, 2, 10**12, 10**12 + 1, 2 * 10**12])
+    assert len(flags(progress)) <= 6
+    assert segments(progress) == 3
+    assert progress.pending(TP) == 5
+    assert progress.finish(*TP, 10**12 + 1) is True
+    assert progress.committable() == {TP: 0}
+
+
+def test_a_later_segment_that_finishes_first_is_dropped_and_its_gap_is_skipped() -> None:
+    far = 10 * MAX_GAP
+    progress = tracked(0, far, 2 * far)
+    progress.finish(*TP, far)
+    assert segments(progress) == 2
+    assert progress.committable() == {TP: 0}
+    progress.finish(*TP, 0)
+    assert progress.committable() == {TP: 2 * far}
+    progress.track(*TP, 2 * far + MAX_GAP + 1)
+    assert len(flags(progress)) == MAX_GAP + 2, "a gap of MAX_GAP offsets is still filled"
+    assert segments(progress) == 1
 
 
 def test_two_hundred_thousand_outstanding_offsets_finish_in_reverse_quickly() -> None:
@@ -252,14 +294,20 @@ class Reference:
 steps = st.one_of(st.just(1), st.integers(2, 3), st.integers(4, 3 * COMPACT_AFTER))
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.data(), st.sampled_from([1, 3, COMPACT_AFTER]))
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.sampled_from([1, 3, COMPACT_AFTER]), st.sampled_from([0, 5, MAX_GAP]))
 def test_any_sequence_of_calls_agrees_with_the_reference(
-    data: st.DataObject, compact_after: int
+    data: st.DataObject, compact_after: int, max_gap: int
 ) -> None:
-    """Tracks with gaps, batches, finishes of anything, commits and revokes, in any order."""
+    """Tracks with gaps, batches, finishes of anything, commits and revokes, in any order.
+
+    With `MAX_GAP` patched small, most gaps are longer than it and start new segments.
+    """
     progress, reference = Progress(), Reference()
-    with patch("daemon.progress.COMPACT_AFTER", compact_after):
+    with (
+        patch("daemon.progress.COMPACT_AFTER", compact_after),
+        patch("daemon.progress.MAX_GAP", max_gap),
+    ):
         for _ in range(data.draw(st.integers(1, 60), label="calls")):
             call = data.draw(st.sampled_from(["track", "track_many", "finish", "commit", "forget"]))
             start = reference.tracked[-1] if reference.tracked else data.draw(st.integers(-1, 9))
@@ -292,6 +340,11 @@ def test_any_sequence_of_calls_agrees_with_the_reference(
             assert progress.committable() == reference.committable()
             assert progress.pending(TP) == len(reference.unfinished)
             assert progress.partitions == ([TP] if reference.tracked else [])
+            if reference.tracked:
+                # No segment is kept with nothing unfinished, and no gap over MAX_GAP is filled.
+                kept = progress._partitions[TP].segments
+                assert all(segment.unfinished for segment in kept)
+                assert len(flags(progress)) <= len(reference.tracked) * (max_gap + 1)
 
 
 def _prefixes(gaps: list[int]) -> list[list[int]]:
