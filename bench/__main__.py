@@ -20,6 +20,7 @@ BENCHMARKS = (
     "ratelimit_sim",
     "formats_decode",
     "intake_parse",
+    "held_memory",
     "sandbox_load",
     "pipeline",
     "catchup",
