@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     parent_timeout_seconds: float = Field(default=300.0, gt=0)
     # Events held whole in memory (each with its record and fields, ~1 KB) before fetching
     # pauses: bounded memory under any backlog.
-    max_pending_events: int = Field(default=20_000, ge=10)
+    max_pending_events: int = Field(default=10_000, ge=10)
     # Events held merged into a waiting request (an id and a position, ~100 bytes with their
     # offset tracking) before fetching pauses: how far a coalescing backlog can be read ahead.
     max_merged_events: int = Field(default=500_000, ge=0)
