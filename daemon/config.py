@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     max_pending_events: int = Field(default=10_000, ge=10)
     # Events held merged into a waiting request (an id and a position, ~100 bytes with their
     # offset tracking) before fetching pauses: how far a coalescing backlog can be read ahead.
-    max_merged_events: int = Field(default=500_000, ge=0)
+    max_merged_events: int = Field(default=500_000, ge=10)
     # While the key is refused (401), probe GET /me this often instead of sending work.
     auth_probe_interval_seconds: float = Field(default=15.0, gt=0)
     checkpoint_flush_interval_seconds: float = Field(default=0.05, gt=0)

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from daemon.backoff import Backoff, Stopped, retry
 from daemon.kafka_clients import KafkaClients
 from daemon.outcomes import Finished
+from daemon.record_reader import UNAVAILABLE_HEADER
 
 SEND_RETRY_BASE_SECONDS = 0.5
 SEND_RETRY_CAP_SECONDS = 10.0
@@ -36,8 +37,14 @@ class DeadLetterTopic:
     def forward(self, finished: Sequence[Finished]) -> None:
         """Queue the dead letters among `finished` (called when they are durable)."""
         for item in finished:
-            if item.dead_letter is not None:
-                self._queue.put_nowait(item)
+            if item.dead_letter is None:
+                continue
+            if any(name == UNAVAILABLE_HEADER for name, _ in item.record.headers):
+                # No key and no value to copy: a null record would read as a tombstone (and a
+                # compacted topic refuses it). The row in Postgres says what happened.
+                log.warning("dead_letter_not_copied", event_id=item.event_id, why="unavailable")
+                continue
+            self._queue.put_nowait(item)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._producer.start()

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from aiokafka.errors import KafkaError
 
 from daemon.backoff import Backoff, Stopped, retry
 from daemon.create_intents import IntentStore, IntentWriter
@@ -287,12 +286,18 @@ class Dispatcher:
                     f"customer {work.customer_external_id!r} has no Pivotal id after "
                     f"{self._parent_timeout:g} s"
                 )
+                # Counted as running while its records are read back, so that a rebalance
+                # waits for it like for any work whose outcome is on its way.
+                self._running[id(work)] = work
                 try:
                     await self._finish_rejected(
                         work, Rejected(DeadLetter(reason="parent_missing", detail=detail))
                     )
                 except Abandoned:
                     return  # stopping: unfinished, so redelivered after the restart
+                finally:
+                    self._running.pop(id(work), None)
+                    self._idle.set()
             if expired:
                 self._update_gauges()
 
@@ -696,6 +701,7 @@ class Dispatcher:
             log.warning(
                 "held_records_unreadable",
                 error=type(exc).__name__,
+                detail=str(exc)[:200],
                 records=len(positions),
                 attempt=attempt,
                 retry_in_seconds=round(delay, 2),
@@ -705,9 +711,11 @@ class Dispatcher:
         if reader is None:
             raise RuntimeError("events were merged, and nothing can read their records back")
         try:
+            # Any failure is retried, not only Kafka's: the alternative is a worker gone and
+            # a partition whose commits stop behind this work.
             return await retry(
                 lambda: reader.read(positions),
-                retry_on=(KafkaError, OSError),
+                retry_on=(Exception,),
                 backoff=self._backoff,
                 stop=self._stop,
                 on_retry=report,

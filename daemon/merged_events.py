@@ -8,9 +8,11 @@ held here, 16 bytes beside its id string (which the admitted set shares), so a 5
 backlog fits in memory and coalesces fully instead of pausing the consumer at one event per
 entity.
 
-The bytes are not lost: an event's offset is not committed before it is finished, so Kafka still
-has its record. The one path that needs them, dead-lettering a refused request (a dead-letter
-row keeps exactly what arrived), reads them back (daemon/record_reader.py).
+The bytes are not lost: an event's offset is not committed before it is finished, so Kafka
+still has its record, unless retention or compaction removed it meanwhile (on a compacted topic
+the older records of a key are exactly what compaction removes). The one path that needs them,
+dead-lettering a refused request (a dead-letter row keeps exactly what arrived), reads them back
+(daemon/record_reader.py), and says so in the dead letter when they are gone.
 """
 
 from __future__ import annotations

@@ -48,8 +48,8 @@ class RecordReader:
         consumer = self._kafka.consumer(
             group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
         )
-        await consumer.start()
         try:
+            await consumer.start()
             found: dict[Position, RecordRef] = {}
             for (topic, partition), offsets in wanted.items():
                 found.update(await _read_partition(consumer, topic, partition, sorted(offsets)))
@@ -75,11 +75,14 @@ async def _read_partition(
         )
         records = batch.get(tp, [])
         if not records:
-            # These offsets were consumed, so they are below the high watermark: an empty
-            # fetch is the cluster not answering, not the end of the partition.
-            if time.monotonic() > deadline:
+            # Nothing at or after the wanted offset: either the partition no longer holds it
+            # (retention emptied it, the topic was recreated) or the cluster is not answering.
+            gone += await _outside_partition(consumer, tp, remaining)
+            remaining.difference_update(gone)
+            if remaining and time.monotonic() > deadline:
                 raise KafkaTimeoutError(f"{topic}[{partition}] returned no records")
             continue
+        deadline = time.monotonic() + READ_LIMIT_SECONDS  # it answers: the wait starts again
         for raw in records:
             if raw.offset in remaining:
                 remaining.discard(raw.offset)
@@ -92,6 +95,13 @@ async def _read_partition(
     if gone:
         log.warning("records_unavailable", topic=topic, partition=partition, count=len(gone))
     return found
+
+
+async def _outside_partition(consumer: Any, tp: TopicPartition, offsets: set[int]) -> list[int]:
+    """The offsets below the partition's first record or at or past its end: gone for good."""
+    begin = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    return sorted(offset for offset in offsets if offset < begin or offset >= end)
 
 
 def unavailable(position: Position) -> RecordRef:

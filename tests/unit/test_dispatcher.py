@@ -331,6 +331,27 @@ async def test_a_refused_merged_request_waits_while_kafka_cannot_give_its_record
     assert all(f.record.value is not None for f in harness.store.finished)
 
 
+async def test_an_orphan_being_dead_lettered_counts_as_in_flight_for_a_rebalance(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its merged records are read back first; meanwhile a revoke must wait for it.
+    monkeypatch.setattr(harness.dispatcher, "_parent_timeout", 0.0)
+    harness.kafka.down = True
+    harness.submit(
+        *(harness.event("contact.updated", "ct_1", {"customer": "gone", "title": t}) for t in "ab")
+    )
+    for _ in range(300):
+        await asyncio.sleep(0.01)
+        if harness.kafka.reads:
+            break
+    assert harness.dispatcher.in_flight_partitions() == {("t", 0)}
+    harness.kafka.down = False
+    await harness.drain()
+    letters = [f.dead_letter.reason for f in harness.store.finished if f.dead_letter]
+    assert letters == ["parent_missing", "parent_missing"]
+    assert harness.dispatcher.in_flight_partitions() == set()
+
+
 async def test_server_errors_are_retried_and_never_dead_letter(harness: Harness) -> None:
     await harness.sandbox.api.client.post(
         "/_sandbox/faults", json={"fail_next": 2, "error_status": 503}

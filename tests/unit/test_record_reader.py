@@ -30,6 +30,10 @@ class FakeConsumer:
     records from the position, as a broker resets an offset below the log start to it."""
 
     offsets: list[int]
+    # The partition's bounds: its first offset and its end (one past the last).
+    begin: int = 0
+    end: int = 0
+    silent: bool = False  # the broker does not answer fetches
     position: int = 0
     fetches: int = 0
     seeks: list[int] = field(default_factory=list)
@@ -44,7 +48,13 @@ class FakeConsumer:
     async def getmany(self, tp: Any, timeout_ms: int, max_records: int) -> dict[Any, list[Raw]]:
         self.fetches += 1
         ahead = [o for o in self.offsets if o >= self.position][:3]
-        return {tp: [Raw(offset) for offset in ahead]} if ahead else {}
+        return {tp: [Raw(offset) for offset in ahead]} if ahead and not self.silent else {}
+
+    async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(partitions, self.begin)
+
+    async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(partitions, self.end)
 
 
 async def test_a_record_deleted_by_retention_comes_back_marked_unavailable() -> None:
@@ -63,10 +73,18 @@ async def test_the_reader_seeks_past_the_gap_between_wanted_offsets() -> None:
     assert consumer.seeks == [1, 500, 999]
 
 
+async def test_records_of_a_partition_that_retention_emptied_come_back_unavailable() -> None:
+    # Nothing at or after the wanted offsets, and the log starts past them.
+    consumer = FakeConsumer(offsets=[], begin=20, end=20)
+    found = await _read_partition(consumer, "crm", 0, [3, 7])
+    assert [found[("crm", 0, o)].headers for o in (3, 7)] == [((UNAVAILABLE_HEADER, b"1"),)] * 2
+
+
 async def test_a_partition_that_does_not_answer_is_an_error_not_missing_records(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The wanted offset is inside the partition's bounds: it is there, the broker is silent.
     monkeypatch.setattr(record_reader, "READ_LIMIT_SECONDS", 0.0)
-    consumer = FakeConsumer(offsets=[])
+    consumer = FakeConsumer(offsets=[3], begin=0, end=4, silent=True)
     with pytest.raises(KafkaTimeoutError):
         await _read_partition(consumer, "crm", 0, [3])
