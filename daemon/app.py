@@ -195,9 +195,7 @@ class Daemon:
             try:
                 # A database that answers but refuses the DDL (read-only during a failover,
                 # statement time-outs) is an outage too: wait it out instead of crash-looping.
-                await through_outages(
-                    lambda: signals.or_stop(store.migrate(), self.stop), self.stop, "migrate"
-                )
+                await through_outages(store.migrate, self.stop, "migrate")
             except Stopped:
                 return 0
             return await self._pipeline(store)

@@ -18,6 +18,7 @@ import asyncpg
 import structlog
 
 from daemon.backoff import Backoff, retry
+from daemon.signals import or_stop
 
 RETRY_BASE_SECONDS = 0.5
 RETRY_CAP_SECONDS = 10.0
@@ -44,6 +45,13 @@ async def through_outages(
             retry_in_seconds=round(delay, 2),
         )
 
+    # Each attempt also ends at `stop`: a query sent just before Postgres went silent waits
+    # for its command timeout (30 s), and a shutdown must not wait with it. Abandoned, it
+    # loses nothing: its work stays unfinished and uncommitted, hence redelivered.
     return await retry(
-        operation, retry_on=OUTAGE_ERRORS, backoff=_backoff, stop=stop, on_retry=report
+        lambda: or_stop(operation(), stop),
+        retry_on=OUTAGE_ERRORS,
+        backoff=_backoff,
+        stop=stop,
+        on_retry=report,
     )

@@ -41,7 +41,9 @@ def terminate(daemon: DaemonProcess, sig: signal.Signals = signal.SIGTERM) -> tu
 
 def assert_clean_exit(daemon: DaemonProcess, code: int, seconds: float, moment: str) -> None:
     assert code == 0, f"{moment}: exit {code}\n{daemon.tail(40)}"
-    assert seconds < DRAIN_SECONDS + GRACE_SECONDS, f"{moment}: took {seconds:.1f} s"
+    assert seconds < DRAIN_SECONDS + GRACE_SECONDS, (
+        f"{moment}: took {seconds:.1f} s\n{daemon.tail(60)}"
+    )
 
 
 async def test_sigterm_and_sigint_during_start_up_exit_0_at_once(
