@@ -528,12 +528,9 @@ async def coalescing(
         await _create_customers(scenario, db, url, CUSTOMERS)
         ends = await scenario.publish(updates(events, CUSTOMERS, "coal", contacts=False))
         admin.set_faults(latency_ms=latency_ms)
-        before = admin.stats()["requests_total"]
-        row = await measure(
-            scenario, db, url, events, CUSTOMERS + events, ends, _file(profile, "coalescing")
+        row = await _measure_requests(
+            admin, scenario, db, url, events, ends, _file(profile, "coalescing")
         )
-        requests = admin.stats()["requests_total"] - before
-    row["requests"] = requests
     row["scenario"] = f"coalescing ({latency_ms:g} ms API latency)"
     return row
 
@@ -555,12 +552,24 @@ async def realistic_mix(
             stack.broker.bootstrap_servers, scenario.topic, CUSTOMERS + events
         )
         await insert_checkpoints(db, scenario.topic, done, positions)
-        before = admin.stats()["requests_total"]
-        row = await measure(
-            scenario, db, url, events, CUSTOMERS + events, ends, _file(profile, "mix")
-        )
-        row["requests"] = admin.stats()["requests_total"] - before
+        row = await _measure_requests(admin, scenario, db, url, events, ends, _file(profile, "mix"))
     row["scenario"] = "mix (85 % replayed, 10 % stale, 5 % fresh)"
+    return row
+
+
+async def _measure_requests(
+    admin: SandboxAdmin,
+    scenario: Scenario,
+    db: Database,
+    url: str,
+    events: int,
+    ends: dict[int, int],
+    profile: Path | None,
+) -> dict[str, object]:
+    """`measure` after the customers' creates, with the requests the daemon sent meanwhile."""
+    before = admin.stats()["requests_total"]
+    row = await measure(scenario, db, url, events, CUSTOMERS + events, ends, profile)
+    row["requests"] = admin.stats()["requests_total"] - before
     return row
 
 

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -252,18 +252,26 @@ class Dispatcher:
             work = await self._next_work()
             if work is None:
                 return
-            self._running[id(work)] = work
             try:
-                await self._process(work)
+                with self._running_work(work):
+                    await self._process(work)
             except Abandoned:
                 log.info("work_abandoned", entity=str(work.entity), events=work.event_count)
                 return
             finally:
-                self._running.pop(id(work), None)
                 self._scheduler.done(work)
                 self._update_gauges()
-                self._idle.set()
                 self._changed.set()
+
+    @contextlib.contextmanager
+    def _running_work(self, work: PendingRequest) -> Iterator[None]:
+        """`work` counts as running (a rebalance waits for it) until its outcome is recorded."""
+        self._running[id(work)] = work
+        try:
+            yield
+        finally:
+            self._running.pop(id(work), None)
+            self._idle.set()
 
     async def _next_work(self) -> PendingRequest | None:
         while not self._stopping:
@@ -286,18 +294,14 @@ class Dispatcher:
                     f"customer {work.customer_external_id!r} has no Pivotal id after "
                     f"{self._parent_timeout:g} s"
                 )
-                # Counted as running while its records are read back, so that a rebalance
-                # waits for it like for any work whose outcome is on its way.
-                self._running[id(work)] = work
+                # Running while its records are read back: a rebalance waits for it.
                 try:
-                    await self._finish_rejected(
-                        work, Rejected(DeadLetter(reason="parent_missing", detail=detail))
-                    )
+                    with self._running_work(work):
+                        await self._finish_rejected(
+                            work, Rejected(DeadLetter(reason="parent_missing", detail=detail))
+                        )
                 except Abandoned:
                     return  # stopping: unfinished, so redelivered after the restart
-                finally:
-                    self._running.pop(id(work), None)
-                    self._idle.set()
             if expired:
                 self._update_gauges()
 
