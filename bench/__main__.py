@@ -21,6 +21,7 @@ BENCHMARKS = (
     "formats_decode",
     "intake_parse",
     "held_memory",
+    "http_client",
     "sandbox_load",
     "pipeline",
     "catchup",

@@ -5,20 +5,18 @@ speaks HTTP. Every call returns an `ApiResponse` whatever the status (the limite
 headers of failures too); `raise_for_status` maps a failure onto the error tree. Network errors
 and timeouts raise `TransientError` directly, since there is no response to return.
 
-The API key lives only inside the httpx clients' default headers, which httpx masks in reprs.
+The API key lives only inside the httpx client's default headers, which httpx masks in reprs.
 
-Connections are split over several small httpx clients ("shards"), each request going to the
-least busy. httpcore's pool walks every connection of its pool (and polls each idle socket)
-on every request and every response, so its cost per request grows with the pool: with 128
-connections in one pool, a profile of the daemon at 300 ms API latency spent most of its CPU
-there and the event loop fell behind (encode/httpcore#1035, #928 are the upstream fixes, not
-released). Shards of at most `SHARD_CONNECTIONS` keep that walk short.
+Requests go through httpx with aiohttp as its engine (`daemon/aiohttp_transport.py`): httpcore
+cost about 0.8 ms of CPU per request here, and an earlier version had to split its connections
+over several httpcore pools because each pool walked all its connections on every request
+(encode/httpcore#1035). aiohttp's pool has neither cost, so one client holds every connection.
+Tests and proxied URLs use httpx's own transports.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import ssl
 import time
 from collections.abc import Mapping
@@ -28,6 +26,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from daemon.aiohttp_transport import AiohttpTransport
 from daemon.backoff import parse_retry_after
 from daemon.errors import (
     AuthError,
@@ -40,7 +39,6 @@ from daemon.errors import (
 
 USER_AGENT = "pivotal-sync/0.1"
 MAX_CONNECTIONS = 64
-SHARD_CONNECTIONS = 4
 # Below the common 5 s server-side keep-alive (uvicorn, many proxies): reusing a connection the
 # server is closing at that moment fails the request with a ReadError for nothing.
 KEEPALIVE_EXPIRY_SECONDS = 4.0
@@ -116,40 +114,39 @@ class PivotalClient:
         verify: ssl.SSLContext | None = None,
     ) -> None:
         max_connections = max(1, max_connections)
-        shards = 1 if transport is not None else math.ceil(max_connections / SHARD_CONNECTIONS)
-        per_shard = math.ceil(max_connections / shards)
         headers = {
             "Authorization": f"Bearer {api_key.get_secret_value()}",
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
         }
         limits = httpx.Limits(
-            max_connections=per_shard,
-            max_keepalive_connections=per_shard,
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
             keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
         )
-        self._shards = [
-            httpx.AsyncClient(
-                base_url=base_url.rstrip("/") + "/",
-                headers=headers,
-                timeout=httpx.Timeout(timeout_seconds),
-                limits=limits,
-                transport=transport,
-                # Always verified: the default roots, or these plus PIVOTAL_SYNC_API_CA_FILE.
-                # trust_env (httpx's default) honours HTTPS_PROXY, NO_PROXY and SSL_CERT_FILE.
-                verify=verify if verify is not None else True,
-                trust_env=True,
-            )
-            for _ in range(shards)
-        ]
-        self._busy = [0] * shards  # requests in flight per shard
+        # Always verified: the default roots, or these plus PIVOTAL_SYNC_API_CA_FILE.
+        # trust_env (httpx's default) honours HTTPS_PROXY, NO_PROXY and SSL_CERT_FILE.
+        context = verify if verify is not None else httpx.create_ssl_context(trust_env=True)
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(timeout_seconds),
+            limits=limits,
+            transport=transport
+            or AiohttpTransport(
+                verify=context,
+                max_connections=max_connections,
+                keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+            ),
+            verify=context,  # for the transports httpx mounts for proxied URLs
+            trust_env=True,
+        )
 
     def __repr__(self) -> str:
-        return f"PivotalClient(base_url={str(self._shards[0].base_url)!r})"
+        return f"PivotalClient(base_url={str(self._client.base_url)!r})"
 
     async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
+        await self._client.aclose()
 
     async def __aenter__(self) -> PivotalClient:
         return self
@@ -172,18 +169,14 @@ class PivotalClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
             content = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-        shard = min(range(len(self._shards)), key=self._busy.__getitem__)
-        self._busy[shard] += 1
         try:
-            response = await self._shards[shard].request(
+            response = await self._client.request(
                 method, path.lstrip("/"), content=content, params=params, headers=headers
             )
         except httpx.TimeoutException as exc:
             raise TransientError(f"{method} {endpoint}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise TransientError(f"{method} {endpoint}: {type(exc).__name__}") from None
-        finally:
-            self._busy[shard] -= 1
         return ApiResponse(
             method=method,
             endpoint=endpoint,
