@@ -80,6 +80,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
+            # httpx keeps the cookies and reads the environment (proxies are routed before
+            # this transport); doing either here too would send cookies twice.
+            cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         )
         session._retry_connection = False  # see the module docstring: no silent resend

@@ -11,7 +11,7 @@ Requests go through httpx with aiohttp as its engine (`daemon/aiohttp_transport.
 cost about 0.8 ms of CPU per request here, and an earlier version had to split its connections
 over several httpcore pools because each pool walked all its connections on every request
 (encode/httpcore#1035). aiohttp's pool has neither cost, so one client holds every connection.
-Tests and proxied URLs use httpx's own transports.
+Tests, and URLs behind an egress proxy, use httpx's own transports.
 """
 
 from __future__ import annotations
@@ -127,18 +127,22 @@ class PivotalClient:
         # Always verified: the default roots, or these plus PIVOTAL_SYNC_API_CA_FILE.
         # trust_env (httpx's default) honours HTTPS_PROXY, NO_PROXY and SSL_CERT_FILE.
         context = verify if verify is not None else httpx.create_ssl_context(trust_env=True)
+        # The engine is mounted, not passed as `transport`: given a transport, httpx ignores
+        # HTTP(S)_PROXY. Mounted on "all://", it serves every URL no proxy variable claims;
+        # proxied URLs (and NO_PROXY hosts) get httpx's own transports, with this context.
+        engine = AiohttpTransport(
+            verify=context,
+            max_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        )
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(timeout_seconds),
             limits=limits,
-            transport=transport
-            or AiohttpTransport(
-                verify=context,
-                max_connections=max_connections,
-                keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
-            ),
-            verify=context,  # for the transports httpx mounts for proxied URLs
+            transport=transport,
+            mounts=None if transport is not None else {"all://": engine},
+            verify=context,  # for those transports of httpx's own
             trust_env=True,
         )
 

@@ -186,3 +186,35 @@ async def test_failures_reach_httpx_callers_as_httpx_exceptions_naming_no_secret
             await client.get(server.url + "/me", headers={"Authorization": f"Bearer {KEY}"})
     assert KEY not in str(raised.value)
     assert KEY not in repr(raised.value)
+
+
+async def test_a_url_behind_an_egress_proxy_from_the_environment_goes_through_the_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # httpx routes proxied URLs to a transport of its own: the aiohttp engine must not bypass
+    # HTTP(S)_PROXY. The "proxy" here answers itself, which shows what reached it.
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with serving(Server(["answer"])) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/api/v1"))
+        async with pivotal("http://pivotal.invalid/api/v1") as client:
+            response = await client.update_customer("cus_1", {"status": "active"})
+    assert response.status == 200
+    (request,) = proxy.received
+    assert (request.method, request.path) == (
+        "PATCH",
+        "http://pivotal.invalid/api/v1/customers/cus_1",
+    )
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+
+
+async def test_a_host_in_no_proxy_is_reached_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with serving(Server(["answer"])) as proxy, serving(Server(["answer"])) as server:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/api/v1"))
+        monkeypatch.setenv("NO_PROXY", "localhost")
+        async with pivotal(server.url) as client:
+            await client.me()
+    assert proxy.received == []
+    assert [(r.method, r.path) for r in server.received] == [("GET", "/api/v1/me")]
