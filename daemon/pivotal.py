@@ -5,13 +5,16 @@ speaks HTTP. Every call returns an `ApiResponse` whatever the status (the limite
 headers of failures too); `raise_for_status` maps a failure onto the error tree. Network errors
 and timeouts raise `TransientError` directly, since there is no response to return.
 
-The API key lives only inside the httpx client's default headers, which httpx masks in reprs.
+The API key lives only inside an `httpx.Headers`, which masks it in reprs.
 
-Requests go through httpx with aiohttp as its engine (`daemon/aiohttp_transport.py`): httpcore
-cost about 0.8 ms of CPU per request here, and an earlier version had to split its connections
-over several httpcore pools because each pool walked all its connections on every request
-(encode/httpcore#1035). aiohttp's pool has neither cost, so one client holds every connection.
-Tests, and URLs behind an egress proxy, use httpx's own transports.
+Requests are `httpx.Request`s handed straight to a transport: aiohttp as the engine
+(`daemon/aiohttp_transport.py`), or httpx's own behind an egress proxy and in tests. The client
+talks to one origin with fixed headers, never follows redirects and keeps no cookies, so
+`httpx.AsyncClient`'s per-request layers (URL merging, cookie jar, auth and redirect flows) would
+only cost CPU: about a third of a request's, and httpcore under them more than half of the rest
+(`python -m bench.http_client` measures the three paths). The former httpcore engine also had
+to be split into pools of 4 connections, each pool walking all its connections on every request
+(encode/httpcore#1035); aiohttp's pool does not, so one holds every connection.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,43 +118,30 @@ class PivotalClient:
         verify: ssl.SSLContext | None = None,
     ) -> None:
         max_connections = max(1, max_connections)
-        headers = {
-            "Authorization": f"Bearer {api_key.get_secret_value()}",
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-        }
-        limits = httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        self._base_url = base_url.rstrip("/") + "/"
+        # httpx.Headers masks the Authorization value in its repr.
+        self._headers = httpx.Headers(
+            {
+                "Authorization": f"Bearer {api_key.get_secret_value()}",
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                "Accept-Encoding": "gzip, deflate",
+            }
         )
-        # Always verified: the default roots, or these plus PIVOTAL_SYNC_API_CA_FILE.
-        # trust_env (httpx's default) honours HTTPS_PROXY, NO_PROXY and SSL_CERT_FILE.
-        context = verify if verify is not None else httpx.create_ssl_context(trust_env=True)
-        # The engine is mounted, not passed as `transport`: given a transport, httpx ignores
-        # HTTP(S)_PROXY. Mounted on "all://", it serves every URL no proxy variable claims;
-        # proxied URLs (and NO_PROXY hosts) get httpx's own transports, with this context.
-        engine = AiohttpTransport(
-            verify=context,
-            max_connections=max_connections,
-            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
-        )
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(timeout_seconds),
-            limits=limits,
-            transport=transport,
-            mounts=None if transport is not None else {"all://": engine},
-            verify=context,  # for those transports of httpx's own
-            trust_env=True,
+        self._extensions = {"timeout": httpx.Timeout(timeout_seconds).as_dict()}
+        self._transport = transport or _transport_for(
+            self._base_url,
+            # Always verified: the default roots, or these plus PIVOTAL_SYNC_API_CA_FILE
+            # (SSL_CERT_FILE and SSL_CERT_DIR are honoured, as httpx does).
+            verify if verify is not None else httpx.create_ssl_context(trust_env=True),
+            max_connections,
         )
 
     def __repr__(self) -> str:
-        return f"PivotalClient(base_url={str(self._client.base_url)!r})"
+        return f"PivotalClient(base_url={self._base_url!r})"
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def __aenter__(self) -> PivotalClient:
         return self
@@ -173,13 +164,21 @@ class PivotalClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
             content = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        request = httpx.Request(
+            method,
+            self._base_url + path.lstrip("/"),
+            params=params,
+            headers=self._headers,
+            content=content,
+            extensions=self._extensions,
+        )
+        request.headers.update(headers)
         try:
-            response = await self._client.request(
-                method, path.lstrip("/"), content=content, params=params, headers=headers
-            )
+            response = await self._transport.handle_async_request(request)
+            await response.aread()
         except httpx.TimeoutException as exc:
             raise TransientError(f"{method} {endpoint}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # the network, or a body that does not decode
             raise TransientError(f"{method} {endpoint}: {type(exc).__name__}") from None
         return ApiResponse(
             method=method,
@@ -238,3 +237,27 @@ class PivotalClient:
     async def me(self) -> ApiResponse:
         """The cheapest authenticated call: the auth probe."""
         return await self.request("GET", "me", "me")
+
+
+def _transport_for(
+    base_url: str, verify: ssl.SSLContext, max_connections: int
+) -> httpx.AsyncBaseTransport:
+    """aiohttp for a direct connection; httpx's own transport through an egress proxy.
+
+    The proxy is the one the environment names for the API's URL (HTTPS_PROXY, HTTP_PROXY or
+    ALL_PROXY, unless NO_PROXY lists the host), read once: the client only ever talks to
+    that one origin.
+    """
+    url = httpx.URL(base_url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(url.host):
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        )
+        return httpx.AsyncHTTPTransport(verify=verify, limits=limits, proxy=proxy)
+    return AiohttpTransport(
+        verify=verify, max_connections=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS
+    )

@@ -38,7 +38,11 @@ class Received:
 
 @dataclass
 class Server:
-    """Answers request n with `behaviours[n]` (the last one repeats): "answer", "close", "slow"."""
+    """Answers request n with `behaviours[n]` (the last one repeats).
+
+    "answer", "close" (without answering), "slow" (5 s late) or "garbled" (a body that is not
+    the gzip its header says).
+    """
 
     behaviours: list[str]
     answer_body: bytes = b'{"id":"cus_1","status":"active"}'
@@ -62,6 +66,8 @@ class Server:
                 if behaviour == "slow":
                     await asyncio.sleep(5)
                 payload = gzip.compress(self.answer_body)
+                if behaviour == "garbled":  # says gzip, is not
+                    payload = self.answer_body
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     b"Content-Encoding: gzip\r\nX-RateLimit-Remaining: 41\r\n"
@@ -158,6 +164,12 @@ async def test_a_connection_closed_without_an_answer_is_not_resent_even_for_a_de
 async def test_an_answer_later_than_the_timeout_is_a_read_timeout() -> None:
     async with serving(Server(["slow"])) as server, pivotal(server.url, timeout=0.3) as client:
         with pytest.raises(TransientError, match=r"^GET me: timed out \(ReadTimeout\)$"):
+            await client.me()
+
+
+async def test_a_body_that_does_not_decode_is_a_transient_error() -> None:
+    async with serving(Server(["garbled"])) as server, pivotal(server.url) as client:
+        with pytest.raises(TransientError, match=r"^GET me: DecodingError$"):
             await client.me()
 
 

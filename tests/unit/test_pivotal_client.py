@@ -92,6 +92,7 @@ async def test_network_failures_become_transient_errors_without_the_key() -> Non
 def test_the_client_repr_never_shows_the_key() -> None:
     client = client_for(httpx.MockTransport(lambda r: httpx.Response(200)))
     assert KEY not in repr(client)
+    assert KEY not in repr(vars(client))  # what a debugger or a crash dump of it would show
 
 
 def response(status: int, code: str = "", headers: dict[str, str] | None = None) -> ApiResponse:
