@@ -4,8 +4,9 @@ The daemon speaks httpx (`daemon/pivotal.py`); this room only moves bytes. httpx
 httpcore on anyio, costs about 0.8 ms of CPU per request on a small machine, most of it in
 pure-Python HTTP/1.1 parsing, cancel scopes and pool bookkeeping. During a catch-up with
 requests that was most of the daemon's CPU (docs/benchmarks.md, session 6). aiohttp parses in C
-and keeps its pool in a dict: the same request costs about a third as much
-(`python -m bench.http_client` measures both in one run).
+and keeps its pool in a dict: the same request costs about half as much under
+`httpx.AsyncClient`, and a third as much handed straight to this transport, as the daemon does
+(`python -m bench.http_client` measures the paths in one run).
 
 What httpx users rely on is kept:
 
@@ -20,8 +21,8 @@ What httpx users rely on is kept:
   and every request is counted against the quota), so the resend is switched off, as aiohttp's
   own test client does.
 
-Proxies are httpx's business: with `trust_env`, httpx routes proxied URLs to a transport of its
-own and only direct ones reach this one.
+Proxies are not handled here: `daemon/pivotal.py` picks httpx's own transport when the
+environment names an egress proxy for the API, and this one otherwise.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
-            # httpx keeps the cookies and reads the environment (proxies are routed before
-            # this transport); doing either here too would send cookies twice.
+            # No cookies (the API authenticates with a bearer token, and a cookie jar parses every
+            # response), no environment: proxies are chosen before this transport.
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         )
