@@ -147,11 +147,13 @@ def tombstone_id(record: RecordRef) -> str:
     return f"tombstone:{record.topic}:{record.partition}:{record.offset}"
 
 
-def parse_record(record: RecordRef) -> Event:
-    """Turn one Kafka record into an Event, or raise InvalidEventError with a fixed reason."""
+def parse_record(record: RecordRef, document: dict[str, Any] | None = None) -> Event:
+    """Turn one Kafka record into an Event, or raise InvalidEventError with a fixed reason.
+
+    `document`: the value already decoded, exactly as `_load_json` would (daemon/rereads.py)."""
     if record.value is None:
         return _tombstone(record)
-    return parse_cloudevent(_load_json(record.value), record)
+    return parse_cloudevent(document if document is not None else _load_json(record.value), record)
 
 
 def parse_cloudevent(document: Any, record: RecordRef) -> Event:

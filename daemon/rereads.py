@@ -10,12 +10,17 @@ same topic, partition and offset. A Kafka record never changes, so that record w
 finished and made durable before; every other record (new, a copy of a finished event at
 another offset, a topic recreated since) takes the full path, exactly as if the hint did not
 exist.
+
+The same orjson reading serves the full path too: a record that is not skipped would be
+decoded again by the stdlib decoder events.py validates with, and orjson's document is handed
+over instead wherever it is exactly what that decoder would return (`Peek.document`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -37,20 +42,43 @@ class CheckpointsOf(Protocol):
     ) -> list[Checkpointed | None]: ...
 
 
-def id_hint(record: RecordRef) -> str | None:
-    """The record's event id if it is a JSON object with a string `id`; None otherwise.
+# orjson reads an integer beyond 64 bits (the shortest such has 19 digits) as a float, where
+# the stdlib keeps it exact: a value with a run of 19 digits anywhere is left to the stdlib.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+class Peek(NamedTuple):
+    """What one cheap reading of a record's value found (a tuple: one per record, made fast)."""
+
+    # The top-level `id` of a JSON object, if it is a non-empty string.
+    hint: str | None = None
+    # The whole value as the stdlib decoder would return it (None: let it decode, or refuse).
+    document: dict[str, Any] | None = None
+
+
+NOTHING = Peek()
+
+
+def peek(record: RecordRef) -> Peek:
+    """Read the record's value once with orjson: its event id hint, and the document itself
+    when that reading is exactly the stdlib decoder's.
 
     orjson, not the stdlib decoder that events.py validates with: twice as fast here (1.8 µs
     against 4.0 µs per event, measured), and whatever it refuses (invalid UTF-8, deep nesting,
-    lone surrogates) only means no hint, so events.py decides and says why."""
+    lone surrogates, NaN, floats that overflow) only means no hint and no document, so
+    events.py decides and says why. What it accepts it reads as the stdlib does, except
+    integers beyond 64 bits (tests/unit/test_rereads.py compares the two decoders)."""
     if record.value is None:
-        return None
+        return NOTHING
     try:
         document = orjson.loads(record.value)
     except orjson.JSONDecodeError:
-        return None
-    hint = document.get("id") if isinstance(document, dict) else None
-    return hint if isinstance(hint, str) and hint else None
+        return NOTHING
+    if not isinstance(document, dict):
+        return NOTHING
+    hint = document.get("id")
+    exact = _LONG_DIGITS.search(record.value) is None
+    return Peek(hint if isinstance(hint, str) and hint else None, document if exact else None)
 
 
 async def look_up(

@@ -41,25 +41,32 @@ def content_mode(record: RecordRef) -> str:
     return _mode(_headers(record))
 
 
-def decode_builtin(record: RecordRef) -> Event:
+def decode_builtin(record: RecordRef, document: dict[str, Any] | None = None) -> Event:
     """The built-in contract: `type` names kind and action, `subject` the entity, `data` the
     fields. A binary-mode event is read into its structured form first; the event keeps the
-    record exactly as it arrived (a dead letter must hold what came, not what we made of it)."""
+    record exactly as it arrived (a dead letter must hold what came, not what we made of it).
+    `document`: the value already decoded as `load_json` would (daemon/rereads.py), used where
+    the value is the whole event (structured mode)."""
     if record.value is None or not record.headers:
-        return parse_record(record)
+        return parse_record(record, document)
     headers = _headers(record)
     if _mode(headers) == "structured":
-        return parse_record(record)
+        return parse_record(record, document)
     return parse_cloudevent(_read(record, headers), record)
 
 
-def read_cloudevent(record: RecordRef) -> dict[str, Any]:
+def read_cloudevent(record: RecordRef, document: dict[str, Any] | None = None) -> dict[str, Any]:
     """The event as one JSON object, whatever the content mode; InvalidEventError when the
-    record cannot be one (batch mode, bad JSON, bad headers)."""
-    return _read(record, _headers(record))
+    record cannot be one (batch mode, bad JSON, bad headers). `document` as for
+    `decode_builtin`."""
+    return _read(record, _headers(record), document)
 
 
-def _read(record: RecordRef, headers: Mapping[str, tuple[str, bytes]]) -> dict[str, Any]:
+def _read(
+    record: RecordRef,
+    headers: Mapping[str, tuple[str, bytes]],
+    document: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     mode = _mode(headers)
     if mode == "batch":
         raise InvalidEventError(
@@ -68,10 +75,12 @@ def _read(record: RecordRef, headers: Mapping[str, tuple[str, bytes]]) -> dict[s
         )
     if mode == "binary":
         return _from_binary(record, headers)
-    document = load_json(record.value)
-    if not isinstance(document, dict):
+    if document is not None:
+        return document
+    decoded = load_json(record.value)
+    if not isinstance(decoded, dict):
         raise InvalidEventError("not_cloudevent", "expected a JSON object")
-    return document
+    return decoded
 
 
 def _headers(record: RecordRef) -> dict[str, tuple[str, bytes]]:

@@ -140,12 +140,14 @@ class TopicMapping:
     skip_when: tuple[Expression, ...] = ()
     fields: tuple[FieldRule, ...] = ()
 
-    def decode(self, record: RecordRef) -> Decoded:
+    def decode(self, record: RecordRef, document: dict[str, Any] | None = None) -> Decoded:
+        """`document`: the value already decoded, exactly as the stdlib decoder would
+        (daemon/rereads.py); reused where the value is a structured CloudEvent."""
         if self.format == "debezium":
             return self._debezium(record, read_change(record))
         if record.value is None:
             return Skip(reason="tombstone", detail="a null value", record=record)
-        return self._cloudevent(record, read_cloudevent(record))
+        return self._cloudevent(record, read_cloudevent(record, document))
 
     def _debezium(self, record: RecordRef, change: Change | None) -> Decoded:
         if change is None:
@@ -270,11 +272,11 @@ class MappingFile:
     def builtin(cls) -> MappingFile:
         return cls()
 
-    def decode(self, record: RecordRef) -> Decoded:
+    def decode(self, record: RecordRef, document: dict[str, Any] | None = None) -> Decoded:
         mapping = self.topics.get(record.topic)
         if mapping is None:
-            return decode_builtin(record)
-        return mapping.decode(record)
+            return decode_builtin(record, document)
+        return mapping.decode(record, document)
 
 
 def _identifier(value: Any, name: str, expression: Expression) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -168,9 +169,11 @@ async def test_a_record_reread_after_it_finished_is_skipped_without_being_parsed
     decoded: list[int] = []
     real_decode = MappingFile.decode
 
-    def counting_decode(self: MappingFile, ref: RecordRef) -> Event | Skip:
+    def counting_decode(
+        self: MappingFile, ref: RecordRef, document: dict[str, Any] | None = None
+    ) -> Event | Skip:
         decoded.append(ref.offset)
-        return real_decode(self, ref)
+        return real_decode(self, ref, document)
 
     monkeypatch.setattr(MappingFile, "decode", counting_decode)
     await pipeline.intake.admit([first, record(5, "evt-1"), record(6, "evt-2")])
@@ -178,6 +181,33 @@ async def test_a_record_reread_after_it_finished_is_skipped_without_being_parsed
     assert finished_count(pipeline.metrics, "duplicate") == 2
     assert pipeline.scheduler.pending_events == 1  # only evt-2
     assert pipeline.progress.committable() == {TP: 6}
+
+
+async def test_a_fresh_record_is_decoded_from_the_json_read_for_the_look_up(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The value is read once (orjson, for the id hint) and that reading is what the format
+    decodes; one with an integer beyond 64 bits, which orjson would turn into a float, is read
+    again by the stdlib decoder and its number reaches the event exact."""
+    handed: list[bool] = []
+    real_decode = MappingFile.decode
+
+    def watching_decode(
+        self: MappingFile, ref: RecordRef, document: dict[str, Any] | None = None
+    ) -> Event | Skip:
+        handed.append(document is not None)
+        return real_decode(self, ref, document)
+
+    monkeypatch.setattr(MappingFile, "decode", watching_decode)
+    big = 2**64 + 1
+    await pipeline.intake.admit(
+        [record(0, "evt-1"), record(1, "evt-2", "cus_2", data={"metadata": {"big": big}})]
+    )
+    assert handed == [True, False]
+    works = pipeline.scheduler.take_ready(lambda customer: True, 10)
+    [fields] = [work.fields for work in works if work.entity.external_id == "cus_2"]
+    assert fields["metadata"] == {"big": big}
+    assert type(fields["metadata"]["big"]) is int
 
 
 async def test_an_invalid_record_reread_is_found_by_its_record_id(pipeline: Pipeline) -> None:
