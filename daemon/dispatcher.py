@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -193,13 +193,23 @@ class Dispatcher:
     # -- intake side -----------------------------------------------------------------------
     def submit(self, event: Event) -> bool:
         """Queue `event` in its lane; False if it is stale (nothing queued)."""
-        state = self._entities.get(event.entity)
-        applied = state.last_sequence if state is not None else None
-        if not self._scheduler.add(event, self._clock(), applied):
-            return False
-        self._update_gauges()
-        self._changed.set()
-        return True
+        return not self.submit_all([event])
+
+    def submit_all(self, events: Sequence[Event]) -> list[Event]:
+        """Queue each event in its lane, in order; return the stale ones (nothing queued for
+        them). The gauges are set once for the batch: per event they cost a third as much as
+        the queueing itself (a catch-up profile)."""
+        stale: list[Event] = []
+        now = self._clock()
+        for event in events:
+            state = self._entities.get(event.entity)
+            applied = state.last_sequence if state is not None else None
+            if not self._scheduler.add(event, now, applied):
+                stale.append(event)
+        if len(stale) < len(events):
+            self._update_gauges()
+            self._changed.set()
+        return stale
 
     @property
     def auth_paused(self) -> bool:

@@ -168,10 +168,10 @@ class Intake:
         await through_outages(
             lambda: self._entities.load(self._store, keys), self._stop, "load_entities"
         )
+        plausible = [event for event in fresh if self._plausible(event)]
         stale = [
             self._skip(event.id, event.record, event, Outcome.STALE)
-            for event in fresh
-            if self._plausible(event) and not self._dispatcher.submit(event)
+            for event in self._dispatcher.submit_all(plausible)
         ]
         if stale:
             self._recorder.add(stale)

@@ -254,6 +254,7 @@ async def test_an_event_not_newer_than_the_applied_sequence_is_finished_as_stale
         [record(0, "evt-old", sequence="5"), record(1, "evt-new", sequence="6")]
     )
     assert pipeline.scheduler.pending_events == 1
+    assert pipeline.metrics.pending_events._value.get() == 1  # set once for the batch
     await pipeline.recorder.flush()
     assert pipeline.store.outcomes() == [("evt-old", 0, "stale")]
     assert pipeline.progress.committable() == {TP: 1}
