@@ -75,7 +75,7 @@ def records(count: int) -> list[RecordRef]:
 
 def current(record: RecordRef) -> object:
     # Intake._peek then Intake._parse, without the Intake around them.
-    return decode(record, peek(record).document)
+    return decode(record, peek(record).document())
 
 
 def decoded_twice(record: RecordRef) -> object:

@@ -96,12 +96,13 @@ class Intake:
         replayed: list[Finished] = []
         # (record, decoded, event id, finished: None when the look-up did not ask for this id)
         decoded: list[tuple[RecordRef, Event | Skip | InvalidEventError, str, bool | None]] = []
-        for record, (hint, document), checkpoint in zip(records, peeks, found, strict=True):
+        for record, peeked, checkpoint in zip(records, peeks, found, strict=True):
+            hint = peeked.hint
             if hint is not None and checkpoint is not None and checkpoint.same_record:
                 # This very record finished before (see rereads.py): no decoding, no request.
                 replayed.append(self._replayed(hint, record, checkpoint.entity))
                 continue
-            item = self._decode(record, document)
+            item = self._decode(record, peeked.document())
             event_id = self._id(record, item)
             answered = event_id == hint
             decoded.append((record, item, event_id, checkpoint is not None if answered else None))

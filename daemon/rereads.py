@@ -18,7 +18,6 @@ over instead wherever it is exactly what that decoder would return (`Peek.docume
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -44,7 +43,10 @@ class CheckpointsOf(Protocol):
 
 # orjson reads an integer beyond 64 bits (the shortest such has 19 digits) as a float, where
 # the stdlib keeps it exact: a value with a run of 19 digits anywhere is left to the stdlib.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# Found by mapping every digit to "0" and every other byte to ".": 0.3 µs for an ordinary
+# event, where a regular expression took 1.9 µs, more than orjson's whole reading (0.5 µs).
+_DIGITS_AS_ZEROS = bytes(ord("0") if ord("0") <= i <= ord("9") else ord(".") for i in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
 
 
 class Peek(NamedTuple):
@@ -52,8 +54,16 @@ class Peek(NamedTuple):
 
     # The top-level `id` of a JSON object, if it is a non-empty string.
     hint: str | None = None
-    # The whole value as the stdlib decoder would return it (None: let it decode, or refuse).
-    document: dict[str, Any] | None = None
+    # orjson's reading of the value, when it is a JSON object.
+    reading: dict[str, Any] | None = None
+    value: bytes = b""
+
+    def document(self) -> dict[str, Any] | None:
+        """The reading where it is exactly what the stdlib decoder would return; None: let the
+        stdlib decode (or refuse). Asked only for records that take the full path."""
+        if self.reading is None or _LONG_DIGIT_RUN in self.value.translate(_DIGITS_AS_ZEROS):
+            return None
+        return self.reading
 
 
 NOTHING = Peek()
@@ -61,7 +71,7 @@ NOTHING = Peek()
 
 def peek(record: RecordRef) -> Peek:
     """Read the record's value once with orjson: its event id hint, and the document itself
-    when that reading is exactly the stdlib decoder's.
+    where that reading is exactly the stdlib decoder's (`Peek.document`).
 
     orjson, not the stdlib decoder that events.py validates with: twice as fast here (1.8 µs
     against 4.0 µs per event, measured), and whatever it refuses (invalid UTF-8, deep nesting,
@@ -77,8 +87,7 @@ def peek(record: RecordRef) -> Peek:
     if not isinstance(document, dict):
         return NOTHING
     hint = document.get("id")
-    exact = _LONG_DIGITS.search(record.value) is None
-    return Peek(hint if isinstance(hint, str) and hint else None, document if exact else None)
+    return Peek(hint if isinstance(hint, str) and hint else None, document, record.value)
 
 
 async def look_up(
