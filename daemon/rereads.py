@@ -3,7 +3,7 @@
 A consumer-group reset, a lost offsets topic or a new group reads records whose events are all
 finished. Parsing and validating each one only to find its id in the checkpoint table cost more
 than everything else the daemon did for it (half of a re-read's CPU, docs/benchmarks.md). So
-intake first takes each record's id the cheap way (`id_hint`: the top-level `id` of a JSON
+intake first takes each record's id the cheap way (`peek`: the top-level `id` of a JSON
 object, nothing validated) and asks the checkpoint table about the batch in one query. A record
 is skipped unparsed only when its id's checkpoint row was written *for this very record* —
 same topic, partition and offset. A Kafka record never changes, so that record was parsed,
