@@ -316,7 +316,7 @@ def test_the_tuned_collector_freezes_start_up_and_still_frees_cycles_on_its_own(
         del node
         # The young generation's count rises with live container allocations: no explicit
         # gc.collect(), the threshold passing is what must collect the cycle.
-        alive: list[list[None]] = [[] for _ in range(2 * daemon.app.GC_YOUNG_THRESHOLD)]
+        alive = [[] for _ in range(2 * daemon.app.GC_YOUNG_THRESHOLD)]
         assert gone() is None
         del alive
     finally:
