@@ -10,7 +10,6 @@ flush checkpoints → commit offsets → close.
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import ssl
 import sys
@@ -59,9 +58,6 @@ PRUNE_INTERVAL_SECONDS = 3600.0
 FINAL_FLUSH_TIMEOUT_SECONDS = 3.0
 CONNECT_RETRY_BASE_SECONDS = 0.5
 CONNECT_RETRY_CAP_SECONDS = 30.0
-# The cyclic garbage collector's thresholds while the daemon runs (CPython's are 700, 10, 10).
-GC_YOUNG_THRESHOLD = 50_000
-GC_OLDER_THRESHOLD = 20
 
 log = structlog.get_logger("pivotal_sync.app")
 
@@ -84,7 +80,6 @@ def main(*, dry_run: bool | None = None) -> int:
         ca_file=settings.api_ca_file, ca_variable="PIVOTAL_SYNC_API_CA_FILE", replace_roots=False
     )
     _configure(settings)
-    tune_gc()
     try:
         return _run_loop(Daemon(settings, kafka, api_tls, mapping).run())
     finally:
@@ -104,24 +99,6 @@ def migrate_main() -> int:
         return 0
 
     return _run_loop(migrate())
-
-
-def tune_gc() -> None:
-    """Make the cyclic garbage collector's work proportional to garbage, not to events.
-
-    Every event allocates short-lived containers (its decoded JSON, the event, its lane
-    entry), and almost none of them are in a cycle: reference counting frees them. With
-    CPython's default thresholds a young collection runs every 700 allocations, ~10 per 1,000
-    events, and each one promotes whatever happens to be in flight (a fetched batch, the
-    waiting works) towards the old generation, whose full collections walk every long-lived
-    object, the entity map and the merged events included. In a catch-up profile that was
-    ~13 % of the daemon's CPU (bench/catchup.py, docs/benchmarks.md). A larger young
-    generation lets in-flight objects die young, and freezing what start-up built (modules,
-    settings, the mapping) keeps it out of every later scan; the few cycles asyncio and
-    exceptions make are still collected, only later.
-    """
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_OLDER_THRESHOLD, GC_OLDER_THRESHOLD)
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -297,28 +295,3 @@ async def test_retention_zero_never_prunes(parts: Parts) -> None:
     app = Daemon(parts.settings)
     await asyncio.wait_for(app._prune_forever(cast(CheckpointStore, Store())), 1)
     assert pruned == []
-
-
-class _Node:
-    partner: _Node | None = None
-
-
-def test_the_tuned_collector_freezes_start_up_and_still_frees_cycles_on_its_own() -> None:
-    thresholds = gc.get_threshold()
-    try:
-        daemon.app.tune_gc()
-        assert gc.get_threshold()[0] == daemon.app.GC_YOUNG_THRESHOLD
-        assert gc.get_freeze_count() > 0  # start-up's objects are left out of every scan
-
-        node = _Node()
-        node.partner = node  # a cycle: reference counting alone never frees it
-        gone = weakref.ref(node)
-        del node
-        # The young generation's count rises with live container allocations: no explicit
-        # gc.collect(), the threshold passing is what must collect the cycle.
-        alive = [[] for _ in range(2 * daemon.app.GC_YOUNG_THRESHOLD)]
-        assert gone() is None
-        del alive
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
