@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -295,3 +297,34 @@ async def test_retention_zero_never_prunes(parts: Parts) -> None:
     app = Daemon(parts.settings)
     await asyncio.wait_for(app._prune_forever(cast(CheckpointStore, Store())), 1)
     assert pruned == []
+
+
+class _Node:
+    partner: _Node | None = None
+
+
+def _cycle() -> weakref.ref[_Node]:
+    node = _Node()
+    node.partner = node  # reference counting alone never frees a cycle
+    return weakref.ref(node)
+
+
+def test_start_up_is_frozen_after_its_garbage_is_freed_and_later_cycles_are_still_collected() -> (
+    None
+):
+    thresholds = gc.get_threshold()
+    before = _cycle()
+    try:
+        daemon.app.freeze_start_up()
+        assert before() is None  # garbage left by start-up is not kept for the process's life
+        assert gc.get_freeze_count() > 0  # the rest is left out of every later scan
+        assert gc.get_threshold() == thresholds  # CPython's thresholds: see freeze_start_up
+
+        after = _cycle()
+        # No explicit gc.collect(): live container allocations passing the young threshold
+        # are what must collect a cycle made after start-up.
+        alive: list[list[object]] = [[] for _ in range(2 * thresholds[0])]
+        assert after() is None
+        del alive
+    finally:
+        gc.unfreeze()
