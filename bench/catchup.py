@@ -216,14 +216,15 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+CONSUMED = "pivotal_sync_events_consumed_total"
+FINISHED = "pivotal_sync_events_finished_total"
+
+
 def _counts(daemon: DaemonProcess) -> tuple[float, float]:
-    samples = daemon.metrics()
-    consumed = sum(
-        v for k, v in samples.items() if k.startswith("pivotal_sync_events_consumed_total")
-    )
-    finished = sum(
-        v for k, v in samples.items() if k.startswith("pivotal_sync_events_finished_total")
-    )
+    # Polled five times a second: only the two counters, not the whole exposition.
+    samples = daemon.metrics(CONSUMED, FINISHED)
+    consumed = sum(v for k, v in samples.items() if k.startswith(CONSUMED))
+    finished = sum(v for k, v in samples.items() if k.startswith(FINISHED))
     return consumed, finished
 
 

@@ -205,9 +205,10 @@ class Intake:
     @staticmethod
     def _keys(events: Sequence[Event]) -> list[EntityKey]:
         keys = {e.entity for e in events}
-        keys |= {
-            EntityKey(kind=EntityKind.CUSTOMER, external_id=e.customer_external_id) for e in events
-        }
+        # Distinct customers first: a backfill's batch holds many events of each, and a key
+        # built per event cost more than the set it went into.
+        customers = {e.customer_external_id for e in events}
+        keys.update(EntityKey(kind=EntityKind.CUSTOMER, external_id=c) for c in customers)
         return list(keys)
 
     @staticmethod

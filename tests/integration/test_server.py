@@ -90,17 +90,36 @@ async def test_metrics_are_prometheus_text_with_the_daemons_series(served: Serve
     media_type, *parameters = answer.headers["content-type"].split("; ")
     assert media_type == "text/plain"
     assert any(p.startswith("version=") for p in parameters)  # the exposition format's
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(answer.text)
-        for sample in family.samples
-    }
+    samples = _samples(answer.text)
     consumed = (
         "pivotal_sync_events_consumed_total",
         (("partition", "2"), ("topic", "crm.customers")),
     )
     assert samples[consumed] == 3
     assert samples[("pivotal_sync_ready", ())] == 0
+
+
+async def test_metrics_with_names_serves_only_those_samples(served: Served) -> None:
+    """`?name[]=` (as prometheus_client's own exporter) narrows the answer to those samples:
+    what a tool polling a counter several times a second asks for."""
+    served.metrics.events_consumed.labels(topic="crm.customers", partition="0").inc(5)
+    wanted = ["pivotal_sync_events_consumed_total", "pivotal_sync_ready"]
+    answer = await served.client.get("/metrics", params=[("name[]", name) for name in wanted])
+    assert answer.status_code == 200
+    samples = _samples(answer.text)
+    assert {name for name, _ in samples} == set(wanted)
+    consumed = (wanted[0], (("partition", "0"), ("topic", "crm.customers")))
+    assert samples[consumed] == 5
+    everything = _samples((await served.client.get("/metrics")).text)
+    assert len(everything) > len(samples)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 async def test_an_unknown_path_is_404(served: Served) -> None:
