@@ -109,9 +109,10 @@ def freeze_start_up() -> None:
     The cyclic collector's full collections walk every container the process holds, and
     ~70,000 of them are the modules, classes and functions imported at start-up, which live
     until exit. Frozen, they are never walked again: in a catch-up the daemon's CPU per event
-    fell by ~10 % (bench/catchup.py, docs/benchmarks.md). The thresholds stay CPython's:
-    raising them saved as much CPU again but doubled peak RSS under a backlog (measured in
-    bench/pipeline.py's memory scenario, docs/benchmarks.md).
+    fell by ~10 % (bench/catchup.py, docs/benchmarks.md). Reference counting still frees a
+    frozen object; only a cycle among them would stay, and start-up's are collected first.
+    The thresholds stay CPython's: raising them saved as much CPU again but doubled peak RSS
+    under a backlog (measured in bench/pipeline.py's memory scenario, docs/benchmarks.md).
     """
     gc.collect()  # start-up's garbage is freed, not frozen for the process's lifetime
     gc.freeze()
