@@ -311,11 +311,12 @@ async def postgres_work(db: Database) -> tuple[str, float]:
     """("statements", n) from pg_stat_statements when loaded, else ("transactions", n)."""
     conn = await asyncpg.connect(db.server_dsn)
     try:
-        preloaded = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
-        if "pg_stat_statements" in preloaded:
-            # Loaded by the server, but its view exists only where the extension is created.
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         try:
+            preloaded = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
+            if "pg_stat_statements" in preloaded:
+                # Loaded by the server, but its view exists only where the extension is created
+                # (by a superuser: another role falls back to transactions below).
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             calls = await conn.fetchval(
                 "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements AS s"
                 " JOIN pg_database AS d ON d.oid = s.dbid WHERE d.datname = $1",

@@ -85,6 +85,8 @@ def main(*, dry_run: bool | None = None) -> int:
     try:
         return _run_loop(Daemon(settings, kafka, api_tls, mapping).run())
     finally:
+        # Back to normal for whatever runs after in this process (an in-process caller, a test).
+        gc.unfreeze()
         # The loop removed its handlers on close: a late SIGTERM must not end us by the signal.
         signals.remember_early()
 
@@ -110,7 +112,8 @@ def freeze_start_up() -> None:
     ~70,000 of them are the modules, classes and functions imported at start-up, which live
     until exit. Frozen, they are never walked again: in a catch-up the daemon's CPU per event
     fell by ~10 % (bench/catchup.py, docs/benchmarks.md). Reference counting still frees a
-    frozen object; only a cycle among them would stay, and start-up's are collected first.
+    frozen object; what stays for the run is a cycle of frozen objects that becomes garbage
+    later (what is garbage at start-up is collected before the freeze).
     The thresholds stay CPython's: raising them saved as much CPU again but doubled peak RSS
     under a backlog (measured in bench/pipeline.py's memory scenario, docs/benchmarks.md).
     """

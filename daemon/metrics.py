@@ -75,7 +75,13 @@ class Metrics:
     """The daemon's metrics on one registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        # Collectors without names (process_*, python_info) can then be asked for by name too
+        # (`/metrics?name[]=process_cpu_seconds_total`, daemon/server.py).
+        self.registry = (
+            registry
+            if registry is not None
+            else CollectorRegistry(support_collectors_without_names=True)
+        )
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

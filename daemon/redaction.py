@@ -84,8 +84,8 @@ def redact(text: str) -> str:
     for secret in _longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    # Searched first: nearly no string holds a credential, and `sub` with a template expands
-    # it in Python on every call, which cost more than the rest of a log line's redaction.
+    # Searched first: nearly no string holds a credential, and `sub` with a template calls
+    # into Python (re._subx) on every call, which cost more than the rest of a line's redaction.
     if _CREDENTIAL.search(text) is None:
         return text
     return _CREDENTIAL.sub(_CREDENTIAL_REDACTED, text)

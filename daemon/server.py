@@ -29,9 +29,10 @@ def create_app(metrics: Metrics, readiness: ReadinessCheck) -> Starlette:
         # Readiness as of this scrape, not of the last probe: without a kubelet probing
         # /readyz (compose, a plain VM) the gauge would otherwise stay 0 forever.
         metrics.ready.set(0 if readiness() else 1)
-        # `?name[]=...` (as prometheus_client's own exporter): only those samples. A tool
-        # polling two counters several times a second then costs the daemon a fraction of a
-        # full exposition (~3 ms with every histogram).
+        # `?name[]=...` (as prometheus_client's own exporter): only the samples of those names,
+        # sample names as exposed (`..._total`, `..._bucket`); a name that matches none gives
+        # an empty answer. A tool polling two counters several times a second then costs the
+        # daemon a fraction of a full exposition (~3 ms with every histogram).
         names = request.query_params.getlist("name[]")
         registry = metrics.registry.restricted_registry(names) if names else metrics.registry
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -64,7 +64,8 @@ class DaemonProcess:
 
     def metrics(self, *names: str) -> dict[str, float]:
         """Every sample of /metrics as `name{label="v",...}` → value (empty if unreachable);
-        with `names`, only those samples (`?name[]=`, cheaper for the daemon to serve)."""
+        with `names` (sample names, e.g. `..._total`), only those samples (`?name[]=`, cheaper
+        for the daemon to serve)."""
         try:
             params = {"name[]": list(names)}
             text = httpx.get(f"{self.url}/metrics", params=params, timeout=5).text

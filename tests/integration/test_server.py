@@ -103,15 +103,30 @@ async def test_metrics_with_names_serves_only_those_samples(served: Served) -> N
     """`?name[]=` (as prometheus_client's own exporter) narrows the answer to those samples:
     what a tool polling a counter several times a second asks for."""
     served.metrics.events_consumed.labels(topic="crm.customers", partition="0").inc(5)
-    wanted = ["pivotal_sync_events_consumed_total", "pivotal_sync_ready"]
+    served.reasons.append("starting")
+    wanted = [
+        "pivotal_sync_events_consumed_total",
+        "pivotal_sync_ready",
+        "process_cpu_seconds_total",  # from a collector without declared names
+    ]
     answer = await served.client.get("/metrics", params=[("name[]", name) for name in wanted])
     assert answer.status_code == 200
     samples = _samples(answer.text)
     assert {name for name, _ in samples} == set(wanted)
     consumed = (wanted[0], (("partition", "0"), ("topic", "crm.customers")))
     assert samples[consumed] == 5
+    assert samples[("pivotal_sync_ready", ())] == 0  # readiness as of this scrape, still
     everything = _samples((await served.client.get("/metrics")).text)
     assert len(everything) > len(samples)
+
+
+async def test_metrics_with_a_name_that_matches_nothing_is_empty(served: Served) -> None:
+    """Names are sample names as exposed: a family name without its `_total`, or a typo,
+    selects nothing (an empty answer, not an error)."""
+    for name in ("pivotal_sync_events_consumed", "pivotal_sync_no_such_metric"):
+        answer = await served.client.get("/metrics", params={"name[]": name})
+        assert answer.status_code == 200
+        assert _samples(answer.text) == {}
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

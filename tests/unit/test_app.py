@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import gc
 import weakref
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -326,5 +326,27 @@ def test_start_up_is_frozen_after_its_garbage_is_freed_and_later_cycles_are_stil
         alive: list[list[object]] = [[] for _ in range(2 * thresholds[0])]
         assert after() is None
         del alive
+    finally:
+        gc.unfreeze()
+
+
+def test_main_runs_the_daemon_with_start_up_frozen_and_unfreezes_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in ENVIRON.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(daemon.app, "_configure", lambda settings: None)  # no global logging
+    frozen_during_run: list[int] = []
+
+    def run_loop(main: Coroutine[Any, Any, int]) -> int:
+        main.close()  # the daemon itself is not what this test is about
+        frozen_during_run.append(gc.get_freeze_count())
+        return 0
+
+    monkeypatch.setattr(daemon.app, "_run_loop", run_loop)
+    try:
+        assert daemon.app.main() == 0
+        assert frozen_during_run[0] > 0
+        assert gc.get_freeze_count() == 0  # an in-process caller gets its collector back
     finally:
         gc.unfreeze()
