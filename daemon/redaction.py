@@ -24,17 +24,16 @@ MIN_SECRET_CHARS = 6
 _CREDENTIAL = re.compile(r"\b(Bearer|Basic)(\s+)[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
 _CREDENTIAL_REDACTED = rf"\1\2{REDACTED}"
 # Module state, like the logging configuration it serves: registered once, read everywhere.
-_secrets: set[str] = set()
-# The same, longest first: a secret that contains another must go whole, not leave a tail
-# behind. Sorted when one is registered, not on each of the many strings `redact` sees.
+# Longest first: a secret that contains another must go whole, not leave a tail behind. Sorted
+# when one is registered, not on each of the many strings `redact` sees.
 _longest_first: list[str] = []
 
 
 def register_secret(value: str | None) -> None:
     """Scrub `value` (and its URL-encoded form) from everything `redact` sees from now on."""
     if value and len(value) >= MIN_SECRET_CHARS:
-        _secrets.update({value, quote(value, safe="")})
-        _longest_first[:] = sorted(_secrets, key=len, reverse=True)
+        known = {*_longest_first, value, quote(value, safe="")}
+        _longest_first[:] = sorted(known, key=len, reverse=True)
 
 
 def register_dsn_password(dsn: str | None) -> None:
@@ -70,12 +69,11 @@ def register_settings(settings: Any) -> None:
 
 def registered() -> Iterable[str]:
     """The registered secrets (for tests that scan output for them)."""
-    return frozenset(_secrets)
+    return frozenset(_longest_first)
 
 
 def forget_all() -> None:
     """Unregister every secret (tests only)."""
-    _secrets.clear()
     _longest_first.clear()
 
 
