@@ -212,9 +212,17 @@ class Source:
             while not stop.is_set():
                 self._apply_backpressure()
                 try:
-                    batches = await self._consumer.getmany(
-                        timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+                    # The time-out does not bound every wait: while the group join is under
+                    # way, aiokafka waits for an assignment with none (a broker gone mid-join
+                    # is never assigned), and a stop request must not wait with it.
+                    batches = await signals.or_stop(
+                        self._consumer.getmany(
+                            timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+                        ),
+                        stop,
                     )
+                except Stopped:
+                    break
                 except KafkaError as exc:
                     # aiokafka reconnects by itself; keep polling, but say so.
                     self.connected = False

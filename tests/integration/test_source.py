@@ -10,6 +10,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -19,9 +20,10 @@ from daemon.events import RecordRef
 from daemon.kafka_clients import KafkaClients
 from daemon.metrics import Metrics
 from daemon.progress import Progress
-from daemon.source import Partitions, Source
+from daemon.source import CLOSE_STEP_TIMEOUT_SECONDS, FETCH_TIMEOUT_MS, Partitions, Source
 from daemon.tools.status import committed_offsets
-from devtools.local_services import Broker
+from devtools.fault_proxy import Fault, FaultProxy
+from devtools.local_services import Broker, free_port
 from tests.fixtures.kafka import MakeTopic
 
 WAIT_SECONDS = 30.0
@@ -279,3 +281,44 @@ async def test_events_merged_into_waiting_requests_have_a_bound_of_their_own(
 
     member.backlog.pending_events = member.backlog.compact_events = MAX_MERGED // 2
     await eventually(lambda: len(member.intake.records) == 3, "the held records admitted")
+
+
+async def test_a_stop_request_ends_the_loop_while_the_group_join_cannot_complete(
+    tmp_path: Path,
+) -> None:
+    """The broker is gone before the group join completes (seen when a broker stopped under a
+    daemon that had just started): aiokafka's fetch then waits for an assignment with no time-out
+    of its own. A stop request must still end the fetch loop at once, and closing stays bounded.
+
+    Clients bootstrap from the broker's own port and are told to reach it through a proxy, so
+    refusing the proxy leaves start-up able to finish and the join unable to."""
+    proxy_port, broker_port = free_port(), free_port()
+    topic, group = f"join-{uuid.uuid4().hex[:8]}", f"test-source-{uuid.uuid4().hex[:12]}"
+    with FaultProxy.running(f"127.0.0.1:{broker_port}", port=proxy_port) as proxy:
+        broker = Broker._spawn(broker_port, tmp_path / "tansu.log", advertised_port=proxy_port)
+        try:
+            broker._wait_ready()
+            await broker.create_topic(topic, partitions=1)
+            proxy.set(Fault.REFUSE)
+            progress = Progress()
+            source = Source(
+                settings=load_settings(source_environ(broker, topic, group)),
+                progress=progress,
+                metrics=Metrics(),
+                intake=RecordingIntake(progress),
+                hooks=RecordingHooks(progress),
+                backlog=Backlog(),
+                drain_estimate=None,
+            )
+            stop = asyncio.Event()
+            assert await source.start(stop)
+            running = asyncio.create_task(source.run(stop))
+            await asyncio.sleep(FETCH_TIMEOUT_MS / 1000 * 3)  # several fetch time-outs
+            assert not source.assigned, "the join must not have completed for this test"
+            assert not running.done()
+
+            stop.set()
+            await asyncio.wait_for(running, 2.0)
+            await asyncio.wait_for(source.close(), 2 * CLOSE_STEP_TIMEOUT_SECONDS + 1.0)
+        finally:
+            broker.stop()
