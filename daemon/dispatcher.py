@@ -673,6 +673,11 @@ class Dispatcher:
 
     # -- finishing -------------------------------------------------------------------------
     def _finish_applied(self, work: PendingRequest, applied: Applied) -> None:
+        if applied.state is not None:
+            # Before the lane is released: an idle lane forgets the sequences it held, and
+            # from then on the entity map alone tells a late, older event that it is stale
+            # and an upsert after a delete that the entity is gone (to be created again).
+            self._entities.put(applied.state)
         pivotal_id = applied.state.pivotal_id if applied.state else None
 
         def finished(event_id: str, record: RecordRef, outcome: Outcome) -> Finished:

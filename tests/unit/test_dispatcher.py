@@ -63,7 +63,14 @@ class Harness:
     kafka: KafkaRecords
     offsets: int = 0
 
-    def event(self, type_: str, subject: str, data: dict[str, Any] | None = None) -> Event:
+    def event(
+        self,
+        type_: str,
+        subject: str,
+        data: dict[str, Any] | None = None,
+        *,
+        sequence: int | None = None,
+    ) -> Event:
         self.offsets += 1
         body: dict[str, Any] = {
             "specversion": "1.0",
@@ -74,6 +81,8 @@ class Harness:
         }
         if data is not None:
             body["data"] = data
+        if sequence is not None:
+            body["sequence"] = str(sequence)
         key = (data or {}).get("customer", subject)
         record = RecordRef(
             topic="t",
@@ -195,6 +204,46 @@ async def test_a_create_and_three_waiting_updates_cost_one_request(harness: Harn
     assert customer["mrr"] == 3
     outcomes = harness.store.outcomes()
     assert sorted(outcomes.values()) == ["coalesced", "coalesced", "coalesced", "sent"]
+
+
+async def test_an_event_older_than_an_applied_update_is_stale_after_its_lane_went_idle(
+    harness: Harness,
+) -> None:
+    """The lane's own record of sequences is gone once it is idle: the entity map must then
+    know the update's sequence, or a late older event would overwrite the newer value."""
+    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora"}, sequence=1))
+    await harness.drain()
+    harness.submit(harness.event("customer.updated", "cus_1", {"mrr": 9}, sequence=9))
+    await harness.drain()
+    assert harness.scheduler.lanes == 0
+
+    late = harness.event("customer.updated", "cus_1", {"mrr": 5}, sequence=5)
+    assert harness.dispatcher.submit_all([late]) == [late]
+    await harness.drain()
+    (customer,) = await harness.records("customer")
+    assert customer["mrr"] == 9
+    key = EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")
+    assert harness.store.entities[key].last_sequence == 9
+
+
+async def test_a_customer_deleted_and_created_again_is_a_new_customer(harness: Harness) -> None:
+    """After the delete is applied, the entity map knows the customer is gone: the next
+    upsert creates it again instead of patching the deleted id."""
+    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora"}))
+    await harness.drain()
+    harness.submit(harness.event("customer.deleted", "cus_1"))
+    await harness.drain()
+    key = EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")
+    assert harness.entities.pivotal_id(key) is None
+    assert not harness.entities.customer_ready("cus_1")
+
+    harness.submit(harness.event("customer.created", "cus_1", {"name": "Aurora II"}))
+    await harness.drain()
+    gone, customer = await harness.records("customer")  # the sandbox keeps deleted records
+    assert (gone["name"], gone["deleted_at"] is not None) == ("Aurora", True)
+    assert (customer["name"], customer["deleted_at"]) == ("Aurora II", None)
+    assert await harness.requests() == ["POST 201", "DELETE 200", "POST 201"]
+    assert not any(f.dead_letter for f in harness.store.finished)
 
 
 async def test_a_contact_is_created_under_its_customers_pivotal_id(harness: Harness) -> None:
