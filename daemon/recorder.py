@@ -106,12 +106,13 @@ class Recorder:
                 entities, self._entities = list(self._entities.values()), {}
                 try:
                     await self._write(finished, entities)
+                except asyncio.CancelledError:
+                    # A caller that bounds the flush (a rebalance) gave up: the batch is written
+                    # by the next flush. Dropped, its offsets would never be released.
+                    self._put_back(finished, entities)
+                    raise
                 except Exception as exc:
-                    # Put the batch back in front: order does not matter for correctness, but
-                    # newer entity states added meanwhile must win over the failed batch's.
-                    self._finished[:0] = finished
-                    for state in entities:
-                        self._entities.setdefault(state.key, state)
+                    self._put_back(finished, entities)
                     attempt += 1
                     self._metrics.checkpoint_failures.inc()
                     delay = self._backoff.delay(attempt)
@@ -125,6 +126,13 @@ class Recorder:
                     await asyncio.sleep(delay)
                     continue
                 self._release(finished)
+
+    def _put_back(self, finished: list[Finished], entities: list[EntityState]) -> None:
+        # In front: order does not matter for correctness, but newer entity states added
+        # meanwhile must win over the unwritten batch's.
+        self._finished[:0] = finished
+        for state in entities:
+            self._entities.setdefault(state.key, state)
 
     async def _write(self, finished: list[Finished], entities: list[EntityState]) -> None:
         if self._store is None:

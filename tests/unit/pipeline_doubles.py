@@ -5,6 +5,7 @@ Shared by the unit tests of intake and the recorder: no sockets, every call obse
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class MemoryCheckpoints:
     down: bool = False
     failures: int = 0
     calls: int = 0
+    # While set, a batch write waits this long first (a Postgres slower than its caller).
+    write_delay_seconds: float = 0.0
 
     def _outage(self) -> None:
         self.calls += 1
@@ -104,6 +107,8 @@ class MemoryCheckpoints:
 
     async def record(self, finished: Sequence[Finished], entities: Sequence[EntityState]) -> None:
         self._outage()
+        if self.write_delay_seconds:
+            await asyncio.sleep(self.write_delay_seconds)
         self.finished += finished
         self.written.update({e.key: e for e in entities})
         self.done |= {f.event_id for f in finished}

@@ -235,6 +235,30 @@ async def test_a_revoked_partition_flushes_outcomes_and_drops_only_its_waiting_e
     assert "evt-p1" in parts.admitted
 
 
+async def test_a_revoke_whose_flush_overruns_still_gives_the_partition_up(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres slower than the revoke's bound: the outcomes stay buffered for a later flush,
+    and the partition's waiting events are dropped all the same (an exception would have left
+    them to be sent by a daemon that no longer owns them)."""
+    monkeypatch.setattr(daemon.app, "FINAL_FLUSH_TIMEOUT_SECONDS", 0.05)
+    await parts.intake.admit([record(0, "evt-p0-a")])
+    done = record(1, "evt-p0-done", subject="cus_4")
+    parts.recorder.add([Finished(event_id="evt-p0-done", record=done, outcome=Outcome.SENT)])
+    parts.store.write_delay_seconds = 10.0
+
+    await _Rebalance(
+        parts.dispatcher, parts.recorder, parts.scheduler, parts.intake, 1.0
+    ).partitions_revoked({(TOPIC, 0)})
+    assert parts.scheduler.pending_events == 0
+    assert "evt-p0-a" not in parts.admitted
+    assert parts.recorder.backlog == 1
+
+    parts.store.write_delay_seconds = 0.0
+    await parts.recorder.flush()
+    assert parts.store.outcomes() == [("evt-p0-done", 1, "sent")]
+
+
 class FlakyPing:
     """Stands in for the checkpoint store's ping: fails while `down`."""
 

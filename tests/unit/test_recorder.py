@@ -162,6 +162,28 @@ async def test_a_newer_entity_state_wins_over_the_failed_batchs(room: Room) -> N
     assert room.progress.committable() == {TP: 2}
 
 
+async def test_a_flush_given_up_by_its_caller_keeps_its_batch_for_the_next_one(
+    room: Room,
+) -> None:
+    """A rebalance bounds the flush it waits for: cancelled mid-write, the batch and its
+    entity states stay buffered (nothing released), and the next flush writes them. Lost
+    instead, their offsets would never be released and the partition's commits would stop."""
+    r0 = record(0, "evt-0")
+    admitted(room, r0)
+    room.recorder.add([sent(r0)], [state(CUS_1, "p1", 1)])
+    room.store.write_delay_seconds = 10.0
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(room.recorder.flush(), 0.05)
+    assert room.progress.committable() == {TP: 0}
+    assert room.recorder.backlog == 1
+
+    room.store.write_delay_seconds = 0.0
+    await room.recorder.flush()
+    assert room.store.outcomes() == [("evt-0", 0, "sent")]
+    assert room.store.written == {CUS_1: state(CUS_1, "p1", 1)}
+    assert room.progress.committable() == {TP: 1}
+
+
 async def test_a_dry_run_releases_nothing() -> None:
     """Without a store nothing is durable, so no offset is ever committable and nothing is
     forwarded or settled."""
