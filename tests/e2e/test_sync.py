@@ -157,3 +157,51 @@ async def read_topic(bootstrap: str, topic: str, wanted: int) -> list[dict[str, 
         return found
     finally:
         await consumer.stop()
+
+
+def crm_event(event_id: str, type_: str, subject: str, sequence: int, **data: object) -> Message:
+    body: dict[str, object] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "crm/test",
+        "type": type_,
+        "subject": subject,
+        "sequence": str(sequence),
+    }
+    if data:
+        body["data"] = data
+    return Message(subject.encode(), json.dumps(body).encode())
+
+
+async def test_a_late_older_update_and_a_re_create_after_a_delete_keep_the_newest_state(
+    scenario: ScenarioFactory,
+) -> None:
+    """Each step is published once the previous one is finished, so the customer's lane is
+    idle in between: what decides is the entity map the daemon keeps, not the lane. A late
+    update older than one applied is stale (no request); a create after a delete makes a new
+    customer (not a PATCH of the deleted one)."""
+    async with scenario() as s:
+        customer = "late_00001"
+        steps = [
+            [crm_event("late_1", "customer.created", customer, 1, name="Late", status="active")],
+            [crm_event("late_2", "customer.updated", customer, 9, status="at_risk", mrr=900)],
+            [crm_event("late_3", "customer.updated", customer, 5, status="churned", mrr=500)],
+            [crm_event("late_4", "customer.deleted", customer, 10)],
+            [crm_event("late_5", "customer.created", customer, 11, name="Late again")],
+        ]
+        daemon = s.start_daemon()
+        for step in steps:
+            await s.publish(step)
+            await s.wait_caught_up()
+        assert daemon.total("pivotal_sync_events_finished_total", outcome="stale") == 1
+        assert daemon.stop() == 0
+        records = s.admin.records("customer")["customers"]
+        live = [r for r in records if r["deleted_at"] is None]
+        gone = [r for r in records if r["deleted_at"] is not None]
+        assert [(r["name"], r["metadata"]["external_id"]) for r in live] == [
+            ("Late again", customer)
+        ]
+        assert [(r["name"], r["status"], r["mrr"]) for r in gone] == [("Late", "at_risk", 900)]
+        stats = s.admin.stats()
+        assert stats["duplicates"] == []
+        assert stats["requests_total"] == 4  # POST, PATCH, DELETE, POST
