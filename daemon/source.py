@@ -354,6 +354,6 @@ class Source:
             self._committed.pop((topic, partition), None)
             for gauge in (self._metrics.lag_records, self._metrics.lag_seconds):
                 with contextlib.suppress(KeyError):
-                    gauge.remove(str(partition))
+                    gauge.remove(topic, str(partition))
         self.assigned -= partitions
         self._metrics.assigned_partitions.set(len(self.assigned))

@@ -259,6 +259,26 @@ async def test_a_revoke_whose_flush_overruns_still_gives_the_partition_up(
     assert parts.store.outcomes() == [("evt-p0-done", 1, "sent")]
 
 
+async def test_a_revoke_through_the_source_gives_up_the_partition_and_its_lag_series(
+    parts: Parts,
+) -> None:
+    """The whole revoke as aiokafka's listener runs it: the revoked partition leaves the
+    assignment and its lag series leave /metrics; the kept partition's stay."""
+    metrics = parts.dispatcher._metrics
+    parts.source._on_assigned({(TOPIC, 0), (TOPIC, 1)})
+    for partition in ("0", "1"):
+        metrics.lag_records.labels(topic=TOPIC, partition=partition).set(7)
+
+    await parts.source._on_revoked({(TOPIC, 0)})
+    assert parts.source.assigned == {(TOPIC, 1)}
+    lag = {
+        sample.labels["partition"]: sample.value
+        for family in metrics.lag_records.collect()
+        for sample in family.samples
+    }
+    assert lag == {"1": 7}
+
+
 class FlakyPing:
     """Stands in for the checkpoint store's ping: fails while `down`."""
 
