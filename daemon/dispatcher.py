@@ -442,13 +442,13 @@ class Dispatcher:
         state = self._next_state(work, None, pivotal_id)
         self._entities.put(state)
         self._entities.clear_intent(work.entity)
-        # An adopted customer still needs our fields (and our metadata); an intent replayed
-        # from an earlier run carries an older body than this work: send what differs.
+        # An adopted customer still needs our fields (and our metadata). An intent replayed
+        # from an earlier run was answered from Pivotal's idempotency cache, and Pivotal may
+        # hold newer values than its body (that run may have PATCHed later events before it
+        # died): this work's whole body is sent, not what differs from the intent's.
         patch = self._body(work, creating=True)
-        if adopted:
+        if adopted or patch.get("slug") == intent.body.get("slug"):
             patch.pop("slug", None)
-        elif not fresh:
-            patch = {k: v for k, v in patch.items() if intent.body.get(k) != v}
         if patch and (adopted or not fresh):
             try:
                 await self._patch(work.entity.kind, pivotal_id, patch)

@@ -246,6 +246,45 @@ async def test_a_customer_deleted_and_created_again_is_a_new_customer(harness: H
     assert not any(f.dead_letter for f in harness.store.finished)
 
 
+async def test_a_create_replayed_after_a_crash_sends_the_latest_state_of_every_field(
+    harness: Harness,
+) -> None:
+    """An earlier run POSTed the create and PATCHed a later update, then died before either
+    outcome was durable: only its create intent was. Re-read, the same events coalesce into
+    one create; the replayed POST is answered from Pivotal's idempotency cache and changes
+    nothing, so the follow-up PATCH carries every field, including one whose latest value
+    equals the intent's (here the status, which the lost run had changed)."""
+    key = EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")
+    body = {
+        "name": "Aurora",
+        "status": "onboarding",
+        "metadata": {"external_id": "cus_1", "source": SOURCE},
+    }
+    intent = Intent(
+        key=key, idempotency_key="pivotal-sync:customer:crashed", parent_id=None, body=body
+    )
+    first = await harness.sandbox.api.post(
+        "/customers",
+        content=json.dumps(body, separators=(",", ":"), sort_keys=True),
+        headers={"Idempotency-Key": intent.idempotency_key, "Content-Type": "application/json"},
+    )
+    created = first.json()["id"]
+    await harness.sandbox.api.patch(f"/customers/{created}", json={"status": "active"})
+
+    harness.entities.set_intent(intent)  # what the restart loads from Postgres
+    harness.submit(
+        harness.event(
+            "customer.created", "cus_1", {"name": "Aurora", "status": "onboarding"}, sequence=1
+        ),
+        harness.event("customer.updated", "cus_1", {"status": "active"}, sequence=2),
+        harness.event("customer.updated", "cus_1", {"status": "onboarding"}, sequence=3),
+    )
+    await harness.drain()
+    (customer,) = await harness.records("customer")
+    assert (customer["id"], customer["status"]) == (created, "onboarding")
+    assert await harness.requests() == ["POST 201", "PATCH 200", "POST 201", "PATCH 200"]
+
+
 async def test_a_contact_is_created_under_its_customers_pivotal_id(harness: Harness) -> None:
     harness.submit(
         harness.event(
