@@ -478,6 +478,7 @@ class _Rebalance:
 
     async def partitions_revoked(self, partitions: Partitions) -> None:
         started = time.monotonic()
+        self._intake.revoking(partitions)  # first: an admission under way must not queue them
         finished = await self._dispatcher.wait_until_idle(partitions, self._timeout)
         try:
             await asyncio.wait_for(self._recorder.flush(), FINAL_FLUSH_TIMEOUT_SECONDS)

@@ -15,7 +15,7 @@ it. The JSON read for the look-up is the one the format decodes, where it may be
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -71,6 +71,24 @@ class Intake:
         self._admitted = admitted
         self._stop = stop if stop is not None else asyncio.Event()
         self._limits = limits if limits is not None else Limits()
+        # Revocations so far, and the count at which each partition was last revoked. The
+        # revoke runs in aiokafka's coordinator task, so it can happen while an admission
+        # waits on Postgres: that admission then drops the records of those partitions
+        # (queued after the revoke dropped the waiting works, they would be sent by a daemon
+        # that no longer owns them, and ahead of their own older events read again).
+        self._revocations = 0
+        self._revoked_at: dict[tuple[str, int], int] = {}
+
+    def revoking(self, partitions: Collection[tuple[str, int]]) -> None:
+        """These partitions are being given up: an admission under way drops their records."""
+        self._revocations += 1
+        for tp in partitions:
+            self._revoked_at[tp] = self._revocations
+
+    def _revoked_since(self, revocations: int) -> set[tuple[str, int]]:
+        if revocations == self._revocations:
+            return set()
+        return {tp for tp, at in self._revoked_at.items() if at > revocations}
 
     def release(self, works: Sequence[PendingRequest]) -> None:
         """Works dropped unfinished (their partition was revoked): forget we admitted their
@@ -88,6 +106,7 @@ class Intake:
 
     async def _admit(self, records: Sequence[RecordRef]) -> None:
         self._track(records)
+        revocations = self._revocations
         peeks = [self._peek(record) for record in records]
         hints = [p.hint for p in peeks]
         found = await through_outages(
@@ -114,6 +133,10 @@ class Intake:
             if unanswered
             else set()
         )
+        gone = self._revoked_since(revocations)
+        if gone:
+            decoded = [d for d in decoded if (d[0].topic, d[0].partition) not in gone]
+            replayed = [f for f in replayed if (f.record.topic, f.record.partition) not in gone]
         fresh: list[Event] = []
         for record, item, event_id, done in decoded:
             if done or (done is None and event_id in done_ids):
@@ -134,7 +157,7 @@ class Intake:
         if replayed:
             self._recorder.add_durable(replayed)
         if fresh:
-            await self._submit(fresh)
+            await self._submit(fresh, revocations)
 
     def _track(self, records: Sequence[RecordRef]) -> None:
         """Track every record's offset (in order), one call per partition; count them."""
@@ -163,12 +186,16 @@ class Intake:
         except InvalidEventError as exc:
             return exc
 
-    async def _submit(self, fresh: Sequence[Event]) -> None:
+    async def _submit(self, fresh: Sequence[Event], revocations: int) -> None:
         """Hand new events to the dispatcher, their entities loaded first; stale ones finish."""
         keys = self._keys(fresh)
         await through_outages(
             lambda: self._entities.load(self._store, keys), self._stop, "load_entities"
         )
+        gone = self._revoked_since(revocations)
+        if gone:
+            self._admitted.drop(e.id for e in fresh if (e.record.topic, e.record.partition) in gone)
+            fresh = [e for e in fresh if (e.record.topic, e.record.partition) not in gone]
         plausible = [event for event in fresh if self._plausible(event)]
         stale = [
             self._skip(event.id, event.record, event, Outcome.STALE)

@@ -23,6 +23,7 @@ from daemon.config import Settings, load_settings
 from daemon.dispatcher import Dispatcher, Pacer
 from daemon.dry_run import DryRunApi, UnlimitedPacer
 from daemon.entities import EntityCache
+from daemon.events import RecordRef
 from daemon.intake import Intake
 from daemon.metrics import Metrics
 from daemon.outcomes import Finished, Outcome
@@ -30,6 +31,7 @@ from daemon.pivotal import ApiResponse
 from daemon.progress import Progress
 from daemon.ratelimit import RateLimiter
 from daemon.recorder import Recorder
+from daemon.rereads import Checkpointed
 from daemon.scheduler import Scheduler
 from daemon.source import Source
 from tests.unit.pipeline_doubles import TOPIC, KafkaRecords, MemoryCheckpoints, record
@@ -277,6 +279,42 @@ async def test_a_revoke_through_the_source_gives_up_the_partition_and_its_lag_se
         for sample in family.samples
     }
     assert lag == {"1": 7}
+
+
+async def test_records_whose_partition_is_revoked_while_intake_waits_on_postgres_are_dropped(
+    parts: Parts,
+) -> None:
+    """aiokafka runs the revoke in its own task, so it can come while an admission waits on
+    Postgres. That admission must not queue the revoked partition's records afterwards: it
+    would send events of a partition it no longer owns, and, when the partition comes back,
+    ahead of the older events read again from the committed offset (an older value last)."""
+    old = record(0, "e0", data={"name": "old"})
+    new = record(1, "e1", data={"name": "new"})
+    parts.source._on_assigned({(TOPIC, 0)})
+    await parts.intake.admit([old])
+    postgres_answers = asyncio.Event()
+    look_up = parts.store.checkpoints_of
+
+    async def slow_look_up(candidates: list[tuple[str, RecordRef]]) -> list[Checkpointed | None]:
+        await postgres_answers.wait()
+        return await look_up(candidates)
+
+    parts.store.checkpoints_of = slow_look_up  # type: ignore[method-assign]
+    admitting = asyncio.create_task(parts.intake.admit([new]))
+    await asyncio.sleep(0.01)  # the admission waits on Postgres...
+    await parts.source._on_revoked({(TOPIC, 0)})  # ...while the partition is given up
+    postgres_answers.set()
+    await admitting
+    assert parts.scheduler.pending_events == 0
+    assert "e1" not in parts.admitted
+
+    # Given back to us: the fetch resumes at the committed offset, in order.
+    parts.store.checkpoints_of = look_up  # type: ignore[method-assign]
+    parts.source._on_assigned({(TOPIC, 0)})
+    await parts.intake.admit([old, new])
+    assert parts.scheduler.pending_events == 2
+    [taken] = parts.scheduler.take_ready(lambda _: True, 1)
+    assert (taken.carrier.id, taken.fields["name"]) == ("e1", "new")
 
 
 class FlakyPing:
