@@ -377,16 +377,18 @@ class Dispatcher:
         return await self._create(work)
 
     async def _delete(self, work: PendingRequest, state: EntityState | None) -> Applied:
-        if state is None or state.pivotal_id is None or state.deleted:
+        pivotal_id = state.pivotal_id if state is not None and not state.deleted else None
+        if pivotal_id is None:
+            pivotal_id = await self._made_by_a_lost_create(work)
+        self._entities.clear_intent(work.entity)
+        if pivotal_id is None:
             # Pivotal never had it (or it is gone already): nothing to send.
-            self._entities.clear_intent(work.entity)
             return Applied(Outcome.NOOP, self._next_state(work, state, None, deleted=True))
         call = {
             EntityKind.CUSTOMER: self._api.delete_customer,
             EntityKind.CONTACT: self._api.delete_contact,
             EntityKind.ONBOARDING: self._api.delete_onboarding,
         }[work.entity.kind]
-        pivotal_id = state.pivotal_id
         try:
             await self._send(lambda: call(pivotal_id))
         except PermanentError as refused:
@@ -395,6 +397,19 @@ class Dispatcher:
             if refused.status != 404:
                 raise _rejection(refused, state) from None
         return Applied(Outcome.SENT, self._next_state(work, state, pivotal_id, deleted=True))
+
+    async def _made_by_a_lost_create(self, work: PendingRequest) -> str | None:
+        """The id of what a create left unrecorded may have made: its intent is durable, its
+        outcome is not (a run died after the POST). Replaying the POST with the same
+        Idempotency-Key returns it, or makes it now, to be deleted at once: either way the
+        delete then holds. None when there is no such intent, or Pivotal refuses it."""
+        intent = self._entities.intent(work.entity)
+        if intent is None:
+            return None
+        try:
+            return self._id_of(await self._post(intent))
+        except PermanentError:
+            return None  # refused, so nothing was made under that key
 
     async def _update(self, work: PendingRequest, state: EntityState) -> Applied:
         assert state.pivotal_id is not None

@@ -285,6 +285,43 @@ async def test_a_create_replayed_after_a_crash_sends_the_latest_state_of_every_f
     assert await harness.requests() == ["POST 201", "PATCH 200", "POST 201", "PATCH 200"]
 
 
+async def test_a_delete_after_a_crash_deletes_what_the_lost_create_made(
+    harness: Harness,
+) -> None:
+    """An earlier run's POST made the customer, then the run died: only the create intent was
+    durable. Re-read, the delete supersedes the create and nothing says the customer exists,
+    except the intent: its POST is replayed (same key: Pivotal answers with the same customer)
+    and the customer is deleted."""
+    key = EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")
+    body = {"name": "Aurora", "metadata": {"external_id": "cus_1", "source": SOURCE}}
+    intent = Intent(
+        key=key, idempotency_key="pivotal-sync:customer:crashed", parent_id=None, body=body
+    )
+    first = await harness.sandbox.api.post(
+        "/customers",
+        content=json.dumps(body, separators=(",", ":"), sort_keys=True),
+        headers={"Idempotency-Key": intent.idempotency_key, "Content-Type": "application/json"},
+    )
+    harness.entities.set_intent(intent)  # what the restart loads from Postgres
+    harness.submit(
+        harness.event("customer.created", "cus_1", {"name": "Aurora"}, sequence=1),
+        harness.event("customer.deleted", "cus_1", sequence=2),
+    )
+    await harness.drain()
+    (customer,) = await harness.records("customer")
+    assert customer["id"] == first.json()["id"]
+    assert customer["deleted_at"] is not None
+    assert harness.store.outcomes() == {"evt-1": "superseded", "evt-2": "sent"}
+    assert harness.entities.intent(key) is None
+
+
+async def test_a_delete_with_no_trace_of_a_create_costs_no_request(harness: Harness) -> None:
+    harness.submit(harness.event("contact.deleted", "ct_1", {"customer": "cus_1"}))
+    await harness.drain()
+    assert await harness.requests() == []
+    assert harness.store.outcomes() == {"evt-1": "noop"}
+
+
 async def test_a_contact_is_created_under_its_customers_pivotal_id(harness: Harness) -> None:
     harness.submit(
         harness.event(
