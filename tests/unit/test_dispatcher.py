@@ -111,6 +111,24 @@ class Harness:
         rows: list[dict[str, Any]] = answer.json()[f"{kind}s"]
         return rows
 
+    async def create_lost_by_a_crash(self, **fields: Any) -> str:
+        """What a run that died after its create's POST leaves behind: customer cus_1 made in
+        Pivotal (its id is returned) and its create intent, which the restart loads."""
+        key = EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")
+        body = {**fields, "metadata": {"external_id": "cus_1", "source": SOURCE}}
+        intent = Intent(
+            key=key, idempotency_key="pivotal-sync:customer:crashed", parent_id=None, body=body
+        )
+        answer = await self.sandbox.api.post(
+            "/customers",
+            content=json.dumps(body, separators=(",", ":"), sort_keys=True),
+            headers={"Idempotency-Key": intent.idempotency_key, "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 201
+        self.entities.set_intent(intent)
+        created: str = answer.json()["id"]
+        return created
+
     async def requests(self) -> list[str]:
         answer = await self.sandbox.api.client.get("/_sandbox/requests")
         return [f"{r['method']} {r['status']}" for r in answer.json()["requests"]]
@@ -254,24 +272,9 @@ async def test_a_create_replayed_after_a_crash_sends_the_latest_state_of_every_f
     one create; the replayed POST is answered from Pivotal's idempotency cache and changes
     nothing, so the follow-up PATCH carries every field, including one whose latest value
     equals the intent's (here the status, which the lost run had changed)."""
-    key = EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")
-    body = {
-        "name": "Aurora",
-        "status": "onboarding",
-        "metadata": {"external_id": "cus_1", "source": SOURCE},
-    }
-    intent = Intent(
-        key=key, idempotency_key="pivotal-sync:customer:crashed", parent_id=None, body=body
-    )
-    first = await harness.sandbox.api.post(
-        "/customers",
-        content=json.dumps(body, separators=(",", ":"), sort_keys=True),
-        headers={"Idempotency-Key": intent.idempotency_key, "Content-Type": "application/json"},
-    )
-    created = first.json()["id"]
+    created = await harness.create_lost_by_a_crash(name="Aurora", status="onboarding")
     await harness.sandbox.api.patch(f"/customers/{created}", json={"status": "active"})
 
-    harness.entities.set_intent(intent)  # what the restart loads from Postgres
     harness.submit(
         harness.event(
             "customer.created", "cus_1", {"name": "Aurora", "status": "onboarding"}, sequence=1
@@ -292,27 +295,17 @@ async def test_a_delete_after_a_crash_deletes_what_the_lost_create_made(
     durable. Re-read, the delete supersedes the create and nothing says the customer exists,
     except the intent: its POST is replayed (same key: Pivotal answers with the same customer)
     and the customer is deleted."""
-    key = EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")
-    body = {"name": "Aurora", "metadata": {"external_id": "cus_1", "source": SOURCE}}
-    intent = Intent(
-        key=key, idempotency_key="pivotal-sync:customer:crashed", parent_id=None, body=body
-    )
-    first = await harness.sandbox.api.post(
-        "/customers",
-        content=json.dumps(body, separators=(",", ":"), sort_keys=True),
-        headers={"Idempotency-Key": intent.idempotency_key, "Content-Type": "application/json"},
-    )
-    harness.entities.set_intent(intent)  # what the restart loads from Postgres
+    created = await harness.create_lost_by_a_crash(name="Aurora")
     harness.submit(
         harness.event("customer.created", "cus_1", {"name": "Aurora"}, sequence=1),
         harness.event("customer.deleted", "cus_1", sequence=2),
     )
     await harness.drain()
     (customer,) = await harness.records("customer")
-    assert customer["id"] == first.json()["id"]
+    assert customer["id"] == created
     assert customer["deleted_at"] is not None
     assert harness.store.outcomes() == {"evt-1": "superseded", "evt-2": "sent"}
-    assert harness.entities.intent(key) is None
+    assert harness.entities.intent(EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")) is None
 
 
 async def test_a_delete_with_no_trace_of_a_create_costs_no_request(harness: Harness) -> None:
@@ -510,19 +503,8 @@ async def test_a_revoked_key_pauses_sending_until_the_probe_sees_it_work(harness
 async def test_an_intent_left_by_a_crash_is_replayed_so_no_duplicate_appears(
     harness: Harness,
 ) -> None:
-    key = EntityKey(kind=EntityKind.CUSTOMER, external_id="cus_1")
-    body = {"name": "Aurora", "metadata": {"external_id": "cus_1", "source": SOURCE}}
-    intent = Intent(
-        key=key, idempotency_key="pivotal-sync:customer:crashed", parent_id=None, body=body
-    )
     # The first run's POST reached Pivotal; the run died before recording the outcome.
-    first = await harness.sandbox.api.post(
-        "/customers",
-        content=json.dumps(body, separators=(",", ":"), sort_keys=True),
-        headers={"Idempotency-Key": intent.idempotency_key, "Content-Type": "application/json"},
-    )
-    assert first.status_code == 201
-    harness.entities.set_intent(intent)
+    created = await harness.create_lost_by_a_crash(name="Aurora")
     # After the restart more updates were coalesced into the same create.
     harness.submit(
         harness.event("customer.created", "cus_1", {"name": "Aurora"}),
@@ -530,7 +512,7 @@ async def test_an_intent_left_by_a_crash_is_replayed_so_no_duplicate_appears(
     )
     await harness.drain()
     (customer,) = await harness.records("customer")
-    assert customer["id"] == first.json()["id"]
+    assert customer["id"] == created
     assert customer["mrr"] == 7
     assert outcome_of(harness.store.finished, "evt-2") is Outcome.SENT
 
